@@ -1,0 +1,137 @@
+"""The `ctower` command: Typer root with `up`, `agent`, `action`, `config`, and each subsystem's sub-app."""
+
+from __future__ import annotations
+
+import importlib
+import json
+import sys
+from typing import Annotated, Any
+
+import typer
+
+from controltower import __version__
+from controltower.client import DEFAULT_SERVER
+from controltower.console import JsonOpt, ServerOpt, TokenOpt, call, client_from, err_console, print_rows
+
+app = typer.Typer(no_args_is_help=True, help="Control Tower: command and watch servers, devices, robots and processes.")
+
+SUBSYSTEM_CLIS = ("monitor",)
+
+
+@app.command()
+def version() -> None:
+    """Print the version."""
+    typer.echo(__version__)
+
+
+@app.command()
+def up(
+    host: Annotated[str | None, typer.Option(help="Listen address (CT_HOST)")] = None,
+    port: Annotated[int | None, typer.Option(help="Listen port (CT_PORT)")] = None,
+    data_dir: Annotated[str | None, typer.Option("--data-dir", help="Data directory (CT_DATA_DIR)")] = None,
+    no_agent: Annotated[bool, typer.Option("--no-agent", help="Do not start the local agent")] = False,
+) -> None:
+    """Start the server (API, dashboard, scheduler) and, unless --no-agent, a local agent."""
+    from controltower.runner import run_server
+
+    raise typer.Exit(run_server(host=host, port=port, data_dir=data_dir, local_agent=not no_agent))
+
+
+@app.command("agent", context_settings={"allow_extra_args": False})
+def agent_cmd(
+    server: ServerOpt = DEFAULT_SERVER,
+    token: Annotated[str | None, typer.Option("--token", envvar="CT_AGENT_TOKEN",
+                                              help="Enrolment token (first run) or the agent's own token")] = None,
+    name: Annotated[str | None, typer.Option(help="Agent name (default: hostname)")] = None,
+    labels: Annotated[str, typer.Option(help="Comma-separated labels, e.g. desktop,finance")] = "",
+    state_dir: Annotated[str | None, typer.Option("--state-dir", help="Where the agent keeps its token and outbox")] = None,
+    interval: Annotated[float | None, typer.Option(help="Resource sample interval, seconds (CT_AGENT_INTERVAL_S)")] = None,
+) -> None:
+    """Run an agent: enrol with a one-time token, then heartbeat and run every installed plug-in."""
+    from controltower.agent.shell import run_agent
+
+    raise typer.Exit(run_agent(server=server, token=token, name=name, labels=labels, state_dir=state_dir,
+                               interval=interval))
+
+
+agents_app = typer.Typer(no_args_is_help=True, help="Enrol and list agents.")
+app.add_typer(agents_app, name="agents")
+
+
+@agents_app.command("enroll")
+def agents_enroll(
+    server: ServerOpt = DEFAULT_SERVER,
+    token: TokenOpt = None,
+    ttl: Annotated[float, typer.Option(help="Validity in hours")] = 24,
+    label: Annotated[list[str] | None, typer.Option("--label", help="Label for the agent (repeatable)")] = None,
+) -> None:
+    """Print a one-time enrolment token for `ctower agent --token ...`."""
+    with client_from(server, token) as client:
+        result = call(client.post, "agents/enrollments", {"ttl_s": ttl * 3600, "labels": label or []})
+    typer.echo(result["token"])
+
+
+@agents_app.command("list")
+def agents_list(server: ServerOpt = DEFAULT_SERVER, token: TokenOpt = None, as_json: JsonOpt = False) -> None:
+    """Enrolled agents."""
+    with client_from(server, token) as client:
+        rows = call(client.get, "agents")
+    for row in rows:
+        row["labels"] = ",".join(row["labels"])
+    print_rows(rows, ["id", "name", "labels", "capacity", "version", "last_seen"], as_json)
+
+
+action_app = typer.Typer(no_args_is_help=True, help="List and call actions.")
+app.add_typer(action_app, name="action")
+
+
+@action_app.command("list")
+def action_list(server: ServerOpt = DEFAULT_SERVER, token: TokenOpt = None, as_json: JsonOpt = False) -> None:
+    """Every registered action with its required role."""
+    with client_from(server, token) as client:
+        rows = call(client.get, "actions")
+    print_rows(rows, ["name", "role", "description"], as_json)
+
+
+@action_app.command("call")
+def action_call(
+    name: str,
+    params: Annotated[list[str] | None, typer.Argument(help="key=value pairs; values parsed as JSON when they parse")] = None,
+    server: ServerOpt = DEFAULT_SERVER,
+    token: TokenOpt = None,
+) -> None:
+    """Invoke an action, e.g. `ctower action call http.request url=http://127.0.0.1:9000/`."""
+    body: dict[str, Any] = {}
+    for pair in params or []:
+        key, sep, value = pair.partition("=")
+        if not sep:
+            err_console.print(f"[red]expected key=value, got {pair!r}[/red]")
+            raise typer.Exit(2)
+        try:
+            body[key] = json.loads(value)
+        except ValueError:
+            body[key] = value
+    with client_from(server, token) as client:
+        result = call(client.post, f"actions/{name}", body)
+    sys.stdout.write(json.dumps(result, indent=2, default=str) + "\n")
+
+
+@app.command("config")
+def config_reference(as_json: JsonOpt = False) -> None:
+    """Every CT_* setting with its default."""
+    from controltower.config import settings_reference
+
+    print_rows(settings_reference(), ["env", "default", "description"], as_json)
+
+
+def _mount_subsystems() -> None:
+    for name in SUBSYSTEM_CLIS:
+        module = importlib.import_module(f"controltower.{name}.cli")
+        module.register(app)
+
+
+_mount_subsystems()
+
+
+def main() -> None:
+    app()

@@ -1,0 +1,1 @@
+"""REST routes of the core services, mounted under /api/v1."""
