@@ -1,4 +1,4 @@
-"""Ingest benchmark: samples/s stored end to end, from many simulated agents over HTTP into the series store."""
+"""Ingest benchmark: samples/s stored end to end, from many simulated agents over HTTP into the series."""
 
 from __future__ import annotations
 
@@ -15,7 +15,6 @@ from tempfile import TemporaryDirectory
 import httpx
 import psutil
 from sqlalchemy import create_engine, text
-
 from tests.support import start_server
 
 METRICS_PATH = "/api/v1/monitor/hosts/metrics"
@@ -37,7 +36,8 @@ def _template(agent: int, batch: int) -> bytes:
     """One agent's message of `batch` samples, with a placeholder for its timestamp."""
     samples = [{"name": "host.cpu.core.percent", "labels": {"host": f"bench-{agent:04d}", "core": str(c)},
                 "value": float(c % 100)} for c in range(batch)]
-    return json.dumps({"ts": "__TS__", "samples": samples, "dropped": 0}).encode().replace(b'"__TS__"', b"%.3f")
+    body = json.dumps({"ts": "__TS__", "samples": samples, "dropped": 0}).encode()
+    return body.replace(b'"__TS__"', b"%.3f")
 
 
 def run(database_url: str | None, agents: int, batch: int, seconds: float, workers: int) -> dict[str, object]:
@@ -74,6 +74,7 @@ def run(database_url: str | None, agents: int, batch: int, seconds: float, worke
 
             proc = psutil.Process(srv.proc.pid)
             cpu_before = proc.cpu_times()
+            load_before = psutil.Process().cpu_times()
             started = time.monotonic()
             threads = [threading.Thread(target=worker, args=(i,)) for i in range(workers)]
             for t in threads:
@@ -82,7 +83,10 @@ def run(database_url: str | None, agents: int, batch: int, seconds: float, worke
                 t.join()
             elapsed = time.monotonic() - started
             cpu_after = proc.cpu_times()
-            server_cpu = (cpu_after.user + cpu_after.system - cpu_before.user - cpu_before.system) / elapsed * 100
+            load_after = psutil.Process().cpu_times()
+            load_s = load_after.user + load_after.system - load_before.user - load_before.system
+            cpu_s = cpu_after.user + cpu_after.system - cpu_before.user - cpu_before.system
+            server_cpu = cpu_s / elapsed * 100
             if errors:
                 raise RuntimeError(f"ingest errors: {errors[:3]}")
             stored = _count_samples(database_url or f"sqlite:///{Path(tmp) / 'data' / 'ctower.db'}")
@@ -98,7 +102,10 @@ def run(database_url: str | None, agents: int, batch: int, seconds: float, worke
                 "samples_stored": stored,
                 "samples_per_s": round(stored / elapsed),
                 "server_cpu_percent": round(server_cpu, 1),
-                "machine": f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}",
+                # The simulated agents run in this process, on the same cores as the server.
+                "load_generator_cpu_percent": round(load_s / elapsed * 100, 1),
+                "machine": f"{platform.machine()}, {os.cpu_count()} cores, "
+                           f"Python {platform.python_version()}",
             }
         finally:
             srv.stop()

@@ -22,7 +22,7 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def wait_for(predicate, timeout: float = 15.0, interval: float = 0.1, message: str = "condition"):  # noqa: ANN001, ANN201
+def wait_for(predicate, timeout: float = 15.0, interval: float = 0.1, message: str = "condition"):
     """Poll until predicate() returns a truthy value; return it, or fail with `message` after `timeout`."""
     deadline = time.monotonic() + timeout
     last_exc: Exception | None = None
@@ -34,7 +34,8 @@ def wait_for(predicate, timeout: float = 15.0, interval: float = 0.1, message: s
         except Exception as exc:  # polling through transient errors is the point
             last_exc = exc
         time.sleep(interval)
-    raise AssertionError(f"timed out after {timeout}s waiting for {message}" + (f" (last error: {last_exc})" if last_exc else ""))
+    detail = f" (last error: {last_exc})" if last_exc else ""
+    raise AssertionError(f"timed out after {timeout}s waiting for {message}{detail}")
 
 
 @dataclass
@@ -105,6 +106,7 @@ class RunningServer:
 
 def start_server(data_dir: Path, env: dict[str, str] | None = None, args: list[str] | None = None) -> RunningServer:
     """A real server on a free port; `--no-agent` unless args say otherwise."""
-    srv = RunningServer(data_dir=data_dir, port=free_port(), env=env or {}, args=args if args is not None else ["--no-agent"])
+    args = args if args is not None else ["--no-agent"]
+    srv = RunningServer(data_dir=data_dir, port=free_port(), env=env or {}, args=args)
     srv.start()
     return srv

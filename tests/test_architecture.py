@@ -5,14 +5,12 @@ from __future__ import annotations
 import ast
 import subprocess
 import sys
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-import pytest
-
 PACKAGE = Path(__file__).resolve().parents[1] / "src" / "controltower"
-SUBSYSTEMS = sorted(
-    p.name for p in PACKAGE.iterdir() if p.is_dir() and (p / "__init__.py").exists() and p.name not in {"core", "agent", "web"}
-)
+# The six subsystems of ARCHITECTURE.md, whether or not their folder exists yet.
+SUBSYSTEMS = {"monitor", "iot", "rpa", "bpm", "ai", "data"}
 
 
 def _imports(path: Path) -> list[tuple[int, str]]:
@@ -90,8 +88,15 @@ def _all_modules() -> list[str]:
     return names
 
 
-@pytest.mark.parametrize("module", _all_modules())
-def test_imports_alone_in_a_fresh_interpreter(module: str) -> None:
-    """Every module imports first, by itself: no import cycle is hidden by the order others load in."""
+def _import_alone(module: str) -> str | None:
     result = subprocess.run([sys.executable, "-c", f"import {module}"], capture_output=True, text=True, timeout=120)
-    assert result.returncode == 0, result.stderr[-3000:]
+    return None if result.returncode == 0 else f"{module}:\n{result.stderr[-2000:]}"
+
+
+def test_every_module_imports_alone_in_a_fresh_interpreter() -> None:
+    """Every module imports first, by itself: no import cycle is hidden by the order others load in."""
+    modules = _all_modules()
+    assert len(modules) > 20
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        failures = [f for f in pool.map(_import_alone, modules) if f]
+    assert not failures, "\n\n".join(failures)

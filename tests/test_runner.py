@@ -25,7 +25,8 @@ def test_busy_port_names_the_setting(tmp_path) -> None:
         sock.listen()
         port = sock.getsockname()[1]
         result = subprocess.run(
-            [sys.executable, "-m", "controltower", "up", "--no-agent", "--port", str(port), "--data-dir", str(tmp_path)],
+            [sys.executable, "-m", "controltower", "up", "--no-agent", "--port", str(port),
+             "--data-dir", str(tmp_path)],
             capture_output=True, text=True, timeout=60,
         )
     assert result.returncode == 2

@@ -44,8 +44,12 @@ def agent_cmd(
                                               help="Enrolment token (first run) or the agent's own token")] = None,
     name: Annotated[str | None, typer.Option(help="Agent name (default: hostname)")] = None,
     labels: Annotated[str, typer.Option(help="Comma-separated labels, e.g. desktop,finance")] = "",
-    state_dir: Annotated[str | None, typer.Option("--state-dir", help="Where the agent keeps its token and outbox")] = None,
-    interval: Annotated[float | None, typer.Option(help="Resource sample interval, seconds (CT_AGENT_INTERVAL_S)")] = None,
+    state_dir: Annotated[
+        str | None, typer.Option("--state-dir", help="Where the agent keeps its token and outbox")
+    ] = None,
+    interval: Annotated[
+        float | None, typer.Option(help="Resource sample interval, seconds (CT_AGENT_INTERVAL_S)")
+    ] = None,
 ) -> None:
     """Run an agent: enrol with a one-time token, then heartbeat and run every installed plug-in."""
     from controltower.agent.shell import run_agent
@@ -96,7 +100,9 @@ def action_list(server: ServerOpt = DEFAULT_SERVER, token: TokenOpt = None, as_j
 @action_app.command("call")
 def action_call(
     name: str,
-    params: Annotated[list[str] | None, typer.Argument(help="key=value pairs; values parsed as JSON when they parse")] = None,
+    params: Annotated[
+        list[str] | None, typer.Argument(help="key=value pairs; values parsed as JSON when they parse")
+    ] = None,
     server: ServerOpt = DEFAULT_SERVER,
     token: TokenOpt = None,
 ) -> None:

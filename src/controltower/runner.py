@@ -25,7 +25,7 @@ class _Server(uvicorn.Server):
     """uvicorn's server, with SIGINT/SIGTERM handled here so shutdown ends in a normal exit code."""
 
     @contextlib.contextmanager
-    def capture_signals(self):  # type: ignore[no-untyped-def]  # noqa: ANN201
+    def capture_signals(self):  # type: ignore[no-untyped-def]
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, self._request_exit)
@@ -114,7 +114,8 @@ async def _serve(settings: Settings, local_agent: bool) -> int:
         log.warning("Control Tower %s listening on %s (data dir %s)", settings.name, url, settings.data_dir.resolve())
         if local_agent:
             agent = await asyncio.to_thread(_start_local_agent, settings, url)
-            log.warning("local agent started (pid %s, log %s)", agent.pid, settings.data_dir / "local-agent" / "agent.log")
+            agent_log = settings.data_dir / "local-agent" / "agent.log"
+            log.warning("local agent started (pid %s, log %s)", agent.pid, agent_log)
     try:
         await serve_task
     finally:

@@ -79,6 +79,8 @@ def _validation_error(_request: Request, exc: Exception) -> JSONResponse:
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or get_settings()
     ctx = build_context(settings)
+    ctx.work.register_jobs(ctx.scheduler)
+    ctx.events.register_jobs(ctx.scheduler, settings.event_retention_days)
 
     for router in (system_api.router, agents_api.router, events_api.router, actions_api.router,
                    work_api.router, series_api.router):

@@ -1,4 +1,4 @@
-"""Event bus: wildcard matching, persistence, delivery from threads and the loop, commit-bound publish, SSE."""
+"""Event bus: wildcards, persistence, delivery from threads and the loop, commit-bound publish, SSE."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ from sqlalchemy import func, select, update
 
 from controltower.core.db import Database, utcnow
 from controltower.core.events import Event, EventBus, EventRecord, recent, topic_matches
-
+from controltower.core.scheduler import Scheduler
 from tests.support import RunningServer
 
 
@@ -61,7 +61,7 @@ def test_wildcard_matching(pattern: str, topic: str, expected: bool) -> None:
 
 @pytest.mark.parametrize("pattern", ["", "a..b", "a.#.b", "a.b*", "mon#", ".a"])
 def test_bad_patterns_are_rejected_with_the_reason(pattern: str) -> None:
-    with pytest.raises(ValueError, match="pattern|empty"):
+    with pytest.raises(ValueError, match=r"pattern|empty"):
         topic_matches(pattern, "a.b")
 
 
@@ -93,10 +93,11 @@ def test_publish_persists_and_recent_filters_by_pattern(db: Database) -> None:
         assert isinstance(first.payload["at"], str)  # datetimes are stored as ISO text
         assert first.ts.tzinfo is not None
 
-        assert [e.topic for e in recent(session, "monitor.alert.*")] == [
-            "monitor.alert.firing", "monitor.alert.resolved"]
-        assert [e.topic for e in recent(session, "monitor.#")] == ["monitor.alert.firing", "monitor.alert.resolved"]
-        assert [e.topic for e in recent(session, "*.*.firing")] == ["monitor.alert.firing", "monitor_x.alert.firing"]
+        alerts = ["monitor.alert.firing", "monitor.alert.resolved"]
+        assert [e.topic for e in recent(session, "monitor.alert.*")] == alerts
+        assert [e.topic for e in recent(session, "monitor.#")] == alerts
+        firing = ["monitor.alert.firing", "monitor_x.alert.firing"]
+        assert [e.topic for e in recent(session, "*.*.firing")] == firing
         assert [e.topic for e in recent(session, "iot.device.offline")] == ["iot.device.offline"]
         assert recent(session, "nothing.#") == []
         # the newest `limit`, oldest first; or the first `limit` after a cursor
@@ -148,7 +149,30 @@ def test_publish_from_a_thread_and_from_the_loop_reaches_subscribers(db: Databas
     run(main)
 
 
-def test_a_failing_handler_is_logged_and_breaks_nobody(db: Database, caplog: pytest.LogCaptureFixture) -> None:
+def test_handler_subscriptions_survive_a_restart_on_a_new_loop(db: Database) -> None:
+    bus = EventBus(db)
+    seen: list[str] = []
+
+    async def on_event(event: Event) -> None:
+        seen.append(event.topic)
+
+    bus.subscribe("r.#", on_event)
+
+    def once(topic: str, expected: list[str]) -> Callable[[], Awaitable[None]]:
+        async def main() -> None:
+            await bus.start()
+            await bus.apublish(topic, {})
+            await until(lambda: seen == expected, message=f"{topic} at the handler")
+            await bus.stop()
+
+        return main
+
+    run(once("r.first", ["r.first"]))
+    bus.publish("r.while_stopped", {})  # persisted, nobody running to hear it
+    run(once("r.second", ["r.first", "r.second"]))
+
+
+def test_a_failing_handler_is_logged_and_breaks_nobody(db: Database, caplog: pytest.LogCaptureFixture):
     bus = EventBus(db)
     calls: list[int] = []
     good: list[int] = []
@@ -194,59 +218,61 @@ def test_cancelled_subscription_hears_nothing_more(db: Database) -> None:
 
 def test_session_publish_notifies_only_after_commit(db: Database) -> None:
     bus = EventBus(db)
-    seen: list[str] = []
-    bus.subscribe("tx.#", lambda e: seen.append(e.topic))
 
     async def main() -> None:
         await bus.start()
+        stream = bus.open_stream("tx.#")
+        # Dispatch is queued on the loop before a worker thread's result is, so once an awaited
+        # `to_thread` returns, anything `publish`/`commit` dispatched is already in the stream's queue.
 
         # Committed: persisted with the caller's rows, heard only after commit.
         session = db.sessionmaker()
         try:
             event_id = await asyncio.to_thread(bus.publish, "tx.committed", {"k": 1}, session)
-            await asyncio.to_thread(bus.publish, "tx.marker1", {})  # own transaction, dispatched at once
-            await until(lambda: "tx.marker1" in seen, message="marker 1")
-            assert "tx.committed" not in seen  # ordering: it would have arrived before the marker
+            assert stream.pending == 0
             await asyncio.to_thread(session.commit)
+            assert stream.pending == 1
         finally:
             session.close()
-        await until(lambda: "tx.committed" in seen, message="the committed event")
 
-        # Rolled back: never heard, never stored.
+        # Rolled back: never heard, never stored; a later commit in that session does not resurrect it.
         session = db.sessionmaker()
         try:
-            rolled_id = await asyncio.to_thread(bus.publish, "tx.rolledback", {}, session)
+            await asyncio.to_thread(bus.publish, "tx.rolledback", {}, session)
             await asyncio.to_thread(session.rollback)
-            # a later commit in the same session must not resurrect it
             await asyncio.to_thread(bus.publish, "tx.after_rollback", {}, session)
             await asyncio.to_thread(session.commit)
         finally:
             session.close()
 
-        # Savepoint rolled back inside a committed transaction: never heard either.
+        # A savepoint rolled back inside a committed transaction takes its event along.
         session = db.sessionmaker()
         try:
-            def nested() -> int:
+            def nested() -> None:
                 savepoint = session.begin_nested()
-                eid = bus.publish("tx.in_savepoint", {}, session)
+                bus.publish("tx.in_savepoint", {}, session)
                 savepoint.rollback()
                 bus.publish("tx.outer", {}, session)
                 session.commit()
-                return eid
 
-            savepoint_id = await asyncio.to_thread(nested)
+            await asyncio.to_thread(nested)
         finally:
             session.close()
 
-        await asyncio.to_thread(bus.publish, "tx.marker2", {})
-        await until(lambda: "tx.marker2" in seen, message="marker 2")
-        assert seen == ["tx.marker1", "tx.committed", "tx.after_rollback", "tx.outer", "tx.marker2"]
+        await bus.apublish("tx.marker", {})
+        seen: list[str] = []
+        async with stream:
+            async for event in stream:
+                seen.append(event.topic)
+                if event.topic == "tx.marker":
+                    break
+        assert seen == ["tx.committed", "tx.after_rollback", "tx.outer", "tx.marker"]
         await bus.stop()
 
         with db.session() as check:
-            assert check.get(EventRecord, event_id) is not None
-            assert check.get(EventRecord, rolled_id) is None
-            assert check.get(EventRecord, savepoint_id) is None
+            stored = check.scalars(select(EventRecord.topic).order_by(EventRecord.id)).all()
+            assert stored == ["tx.committed", "tx.after_rollback", "tx.outer", "tx.marker"]
+            assert check.get(EventRecord, event_id).topic == "tx.committed"
 
     run(main)
 
@@ -275,7 +301,7 @@ def test_session_closed_without_commit_drops_its_events(db: Database) -> None:
     run(main)
 
 
-def test_stream_replays_then_goes_live_without_duplicates(db: Database) -> None:
+def test_stream_replays_then_goes_live(db: Database) -> None:
     bus = EventBus(db)
     old = [bus.publish("s.old", {"i": i}) for i in range(3)]
     bus.publish("other.old", {})
@@ -292,55 +318,44 @@ def test_stream_replays_then_goes_live_without_duplicates(db: Database) -> None:
 
         task = asyncio.create_task(consume())
         await until(lambda: len(got) == 2, message="the replay")
-        live = await bus.apublish("s.live", {"i": 99})
+        first = await bus.apublish("s.live", {"i": 1})
+        await bus.apublish("other.live", {})
+        second = await bus.apublish("s.live", {"i": 2})
         await asyncio.wait_for(task, 10)
-        assert [e.id for e in got] == [old[1], old[2], live, got[3].id]
+        assert [e.id for e in got] == [old[1], old[2], first, second]
+        assert got[3].payload == {"i": 2}
+        assert bus.stats()["streams"] == 0  # leaving the loop unsubscribed it
         await bus.stop()
 
-    async def main_with_tail() -> None:
-        await main_inner()
+    run(main)
 
-    async def main_inner() -> None:
+
+def test_an_open_stream_is_subscribed_at_once_and_skips_replayed_duplicates(db: Database) -> None:
+    bus = EventBus(db)
+    start = bus.publish("s.start", {})
+
+    async def main() -> None:
         await bus.start()
+        stream = bus.open_stream("s.#", since_id=start)
+        # Published after subscribing but before the replay reads the table: both in the
+        # replay and in the live queue, yet each arrives once.
+        a = bus.publish("s.a", {})
+        b = bus.publish("s.b", {})
         got: list[int] = []
-        stream = bus.open_stream("s.#", since_id=old[-1])
-        bus.publish("s.a", {})
-        bus.publish("s.b", {})
         async with stream:
             async for event in stream:
                 got.append(event.id)
                 if len(got) == 2:
                     break
-        assert len(got) == 2 and got == sorted(got)
-        assert bus.stats()["streams"] == 0  # closing the stream unsubscribed it
+            c = await bus.apublish("s.c", {})
+            async for event in stream:
+                got.append(event.id)
+                break
+        assert got == [a, b, c]
+        assert bus.stats()["streams"] == 0
         await bus.stop()
 
-    bus_started_twice = [main, main_with_tail]
-    for step in bus_started_twice:
-        if step is main:
-            # the 4th event comes from a second live publish after the first
-            async def main_full() -> None:
-                await bus.start()
-                got: list[Event] = []
-
-                async def consume() -> None:
-                    async for event in bus.stream("s.#", since_id=old[0]):
-                        got.append(event)
-                        if len(got) == 4:
-                            return
-
-                task = asyncio.create_task(consume())
-                await until(lambda: len(got) == 2, message="the replay")
-                first = await bus.apublish("s.live", {"i": 1})
-                second = await bus.apublish("s.live", {"i": 2})
-                await asyncio.wait_for(task, 10)
-                assert [e.id for e in got] == [old[1], old[2], first, second]
-                assert bus.stats()["streams"] == 0
-                await bus.stop()
-
-            run(main_full)
-        else:
-            run(step)
+    run(main)
 
 
 def test_a_slow_stream_drops_its_oldest_events_and_counts_them(db: Database) -> None:
@@ -400,6 +415,24 @@ def test_prune_deletes_only_older_events(db: Database) -> None:
     assert bus.publish("p.next", {}) > new_id
 
 
+def test_retention_job_prunes_in_chunks(db: Database) -> None:
+    bus = EventBus(db)
+    old = utcnow() - dt.timedelta(days=10)
+    with db.session() as session:  # more rows than one prune chunk
+        session.add_all(EventRecord(topic="r.old", ts=old, payload={"i": i}) for i in range(5_100))
+    kept = bus.publish("r.new", {})
+    scheduler = Scheduler(db)
+    bus.register_jobs(scheduler, retention_days=7)
+
+    async def main() -> None:
+        info = await scheduler.run_now("events.retention")
+        assert info.last_error is None and info.runs == 1
+
+    run(main)
+    with db.session() as session:
+        assert session.scalars(select(EventRecord.id)).all() == [kept]
+
+
 # -- REST and Server-Sent Events against a real server -------------------------------------
 
 
@@ -440,13 +473,17 @@ def test_events_rest_and_sse_stream_with_resume(server: RunningServer) -> None:
         assert [(e["id"], e["topic"], e["payload"]) for e in listed] == [(before_id, "test.before", {"n": 1})]
 
         # Replay from Last-Event-ID 0, then a live event published after the headers arrived.
-        with http.stream("GET", f"{api}/events/stream?topics=test.%23", headers={"Last-Event-ID": "0"}) as resp:
+        url = f"{api}/events/stream?topics=test.%23"
+        with http.stream("GET", url, headers={"Last-Event-ID": "0"}) as resp:
             assert resp.status_code == 200
             assert resp.headers["content-type"].startswith("text/event-stream")
             after = http.post(f"{api}/events", json={"topic": "test.after", "payload": {"n": 2}})
             after_id = after.json()["id"]
             messages = _read_sse(resp, 2)
-        assert [(m["id"], m["event"]) for m in messages] == [(str(before_id), "test.before"), (str(after_id), "test.after")]
+        assert [(m["id"], m["event"]) for m in messages] == [
+            (str(before_id), "test.before"),
+            (str(after_id), "test.after"),
+        ]
         assert messages[1]["data"]["payload"] == {"n": 2}
         assert messages[1]["data"]["topic"] == "test.after" and messages[1]["data"]["id"] == after_id
 

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import asyncio
-import re
 import datetime as dt
+import re
 import threading
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from sqlalchemy import select
 
-from controltower.core.db import Database
+from controltower.core.db import Database, utcnow
 from controltower.core.scheduler import LOCK_NAME, Scheduler, SchedulerLeader, cron_next
 
 
@@ -114,10 +114,9 @@ def test_a_raising_job_is_logged_and_keeps_its_schedule(db: Database, caplog: py
 
 def test_a_job_never_overlaps_itself(db: Database):
     state = {"active": 0, "most": 0, "done": 0}
-    release = asyncio.Event
 
     async def scenario() -> None:
-        gate = release()
+        gate = asyncio.Event()
 
         async def slow() -> None:
             state["active"] += 1
@@ -193,13 +192,13 @@ def test_only_the_leader_runs_jobs_and_stopping_hands_over(db: Database):
 
 
 def test_an_expired_leader_lease_is_taken_over(db: Database):
-    async def scenario() -> None:
-        a = Scheduler(db, lease_s=0.2)
-        b = Scheduler(db, lease_s=0.2)
-        assert await asyncio.to_thread(a._acquire)
-        assert not await asyncio.to_thread(b._acquire)
-        await asyncio.sleep(0.3)  # a crashed: it never renews
-        assert await asyncio.to_thread(b._acquire)
-        assert not await asyncio.to_thread(a._acquire)
-
-    run(scenario)
+    a = Scheduler(db, lease_s=30)
+    b = Scheduler(db, lease_s=30)
+    start = utcnow()
+    assert a.try_lead(now=start)
+    assert not b.try_lead(now=start + dt.timedelta(seconds=29))
+    assert a.try_lead(now=start + dt.timedelta(seconds=29))  # the holder renews
+    # a crashed and never renewed again: once its lease has run out, b takes over
+    assert not b.try_lead(now=start + dt.timedelta(seconds=58))
+    assert b.try_lead(now=start + dt.timedelta(seconds=60))
+    assert not a.try_lead(now=start + dt.timedelta(seconds=61))

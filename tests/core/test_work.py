@@ -45,7 +45,7 @@ def enqueue(queue: WorkQueue, kind: str = "rpa.run", payload: dict | None = None
 
 def topics(queue: WorkQueue, bus: EventBus) -> list[tuple[str, dict]]:
     with queue.db.session() as s:
-        return [(e.topic, e.payload) for e in reversed(bus.recent(s, "work.#"))]
+        return [(e.topic, e.payload) for e in bus.recent(s, "work.#")]
 
 
 def test_enqueue_claim_complete_publishes_completion(queue: WorkQueue, bus: EventBus):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import sqlite3
@@ -28,6 +29,7 @@ CREATE TABLE IF NOT EXISTS outbox (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
     path TEXT NOT NULL,
     body TEXT NOT NULL,
+    items INTEGER NOT NULL DEFAULT 1,
     created_at REAL NOT NULL
 );
 CREATE TABLE IF NOT EXISTS rejected (
@@ -66,8 +68,9 @@ class Rejected:
 class Outbox:
     """A FIFO of (path, JSON body) messages in a SQLite file (WAL).
 
-    Past `max_messages` the oldest are dropped; how many is counted and reported to the server in
-    the `dropped` field of the next message that has one. Safe to call from several threads.
+    Past `max_messages` the oldest are dropped; how many items they held (a message says how many,
+    e.g. its number of samples; default 1) is counted and reported to the server in the `dropped` field
+    of the next message that has one. Safe to call from several threads.
     """
 
     def __init__(self, path: Path, max_messages: int) -> None:
@@ -82,7 +85,8 @@ class Outbox:
         self._conn.executescript(_SCHEMA)
         self._count = self._conn.execute("SELECT COUNT(*) FROM outbox").fetchone()[0]
         self._in_flight: int | None = None
-        self._wakeups: list[tuple[asyncio.AbstractEventLoop, asyncio.Event]] = []
+        # Per running sender: its loop, "a message was queued", and "the server is back, retry now".
+        self._wakeups: list[tuple[asyncio.AbstractEventLoop, asyncio.Event, asyncio.Event]] = []
 
     def close(self) -> None:
         with self._lock:
@@ -90,12 +94,16 @@ class Outbox:
 
     # --- queue -------------------------------------------------------------------------------
 
-    def put(self, path: str, body: Any) -> int:
-        """Queue a message; returns its id. Drops the oldest queued messages past the bound."""
+    def put(self, path: str, body: Any, items: int = 1) -> int:
+        """Queue a message holding `items` things (counted if it is dropped); returns its id.
+
+        Drops the oldest queued messages past the bound.
+        """
         text = json.dumps(body, separators=(",", ":"))
         with self._lock, self._tx():
             cur = self._conn.execute(
-                "INSERT INTO outbox (path, body, created_at) VALUES (?, ?, ?)", (path, text, time.time())
+                "INSERT INTO outbox (path, body, items, created_at) VALUES (?, ?, ?, ?)",
+                (path, text, max(0, items), time.time()),
             )
             self._count += 1
             if self._count > self.max_messages:
@@ -135,26 +143,35 @@ class Outbox:
             self._conn.execute(
                 "INSERT OR REPLACE INTO rejected (id, path, body, created_at, rejected_at, status, reason) "
                 "VALUES (?, ?, ?, ?, ?, ?, ?)",
-                (message.id, message.path, json.dumps(message.body), message.created_at, time.time(), status,
-                 reason[:4000]),
+                (
+                    message.id,
+                    message.path,
+                    json.dumps(message.body),
+                    message.created_at,
+                    time.time(),
+                    status,
+                    reason[:4000],
+                ),
             )
             if self._conn.execute("DELETE FROM outbox WHERE id = ?", (message.id,)).rowcount:
                 self._count -= 1
 
     def rejected(self) -> list[Rejected]:
         with self._lock:
-            rows = self._conn.execute("SELECT id, path, body, status, reason FROM rejected ORDER BY id").fetchall()
+            rows = self._conn.execute(
+                "SELECT id, path, body, status, reason FROM rejected ORDER BY id"
+            ).fetchall()
         return [Rejected(r[0], r[1], json.loads(r[2]), r[3], r[4]) for r in rows]
 
     @property
     def unreported_drops(self) -> int:
-        """Messages dropped by the bound and not yet reported to the server."""
+        """Items in messages dropped by the bound, not yet reported to the server."""
         with self._lock:
             return self._counter("unreported_drops")
 
     @property
     def dropped_total(self) -> int:
-        """Messages ever dropped by the bound (kept across restarts)."""
+        """Items ever dropped by the bound (kept across restarts)."""
         with self._lock:
             return self._counter("dropped_total")
 
@@ -173,8 +190,8 @@ class Outbox:
         RETRY_STATUSES retry the same message after an exponential backoff (order is kept);
         any other 4xx sets the message aside in `rejected` and the queue moves on.
         """
-        wake = asyncio.Event()
-        entry = (asyncio.get_running_loop(), wake)
+        wake, retry_now = asyncio.Event(), asyncio.Event()
+        entry = (asyncio.get_running_loop(), wake, retry_now)
         self._wakeups.append(entry)
         backoff = backoff_initial
         failing = False
@@ -189,9 +206,13 @@ class Outbox:
                 outcome = await self.send_one(http, message)
                 if outcome == "retry":
                     if not failing:
-                        log.warning("server unreachable or busy; keeping %d message(s) on disk and retrying", len(self))
+                        log.warning(
+                            "server unreachable or busy; keeping %d message(s) on disk and retrying",
+                            len(self),
+                        )
                     failing = True
-                    await _wait_any(stop, None, backoff)
+                    retry_now.clear()
+                    await _wait_any(stop, retry_now, backoff)
                     backoff = min(backoff * 2, backoff_max)
                     continue
                 if failing:
@@ -209,7 +230,9 @@ class Outbox:
             if message is None:
                 break
             try:
-                outcome = await asyncio.wait_for(self.send_one(http, message), max(0.1, end - time.monotonic()))
+                outcome = await asyncio.wait_for(
+                    self.send_one(http, message), max(0.1, end - time.monotonic())
+                )
             except TimeoutError:
                 break
             if outcome == "retry":
@@ -240,7 +263,9 @@ class Outbox:
             log.debug("POST %s -> %d; will retry", message.path, status)
             return "retry"
         reason = _detail(response)
-        log.error("server rejected message %d to %s (%d): %s; set aside", message.id, message.path, status, reason)
+        log.error(
+            "server rejected message %d to %s (%d): %s; set aside", message.id, message.path, status, reason
+        )
         self.reject(message, status, reason)
         return "rejected"
 
@@ -253,23 +278,25 @@ class Outbox:
         # Never drop the message being sent: its POST may already have reached the server.
         in_flight = self._in_flight if self._in_flight is not None else -1
         rows = self._conn.execute(
-            "SELECT id, body FROM outbox WHERE id != ? ORDER BY id LIMIT ?", (in_flight, n)
+            "SELECT id, body, items FROM outbox WHERE id != ? ORDER BY id LIMIT ?", (in_flight, n)
         ).fetchall()
         if not rows:
             return
+        items = sum(r[2] for r in rows)
         carried = 0
-        for _id, text in rows:
+        for _id, text, _items in rows:
             # A dropped message that was itself carrying a drop count passes it on.
             if f'"{DROPPED_KEY}"' in text:
                 body = json.loads(text)
                 if isinstance(body, dict):
                     carried += int(body.get(DROPPED_KEY) or 0)
         self._conn.execute(
-            "DELETE FROM outbox WHERE id IN (%s)" % ",".join("?" * len(rows)), [r[0] for r in rows]  # noqa: UP031
+            f"DELETE FROM outbox WHERE id IN ({','.join('?' * len(rows))})",
+            [r[0] for r in rows],
         )
         self._count -= len(rows)
-        self._add_counter("unreported_drops", len(rows) + carried)
-        self._add_counter("dropped_total", len(rows))
+        self._add_counter("unreported_drops", items + carried)
+        self._add_counter("dropped_total", items)
 
     def _counter(self, name: str) -> int:
         row = self._conn.execute("SELECT value FROM counters WHERE name = ?", (name,)).fetchone()
@@ -283,11 +310,15 @@ class Outbox:
         )
 
     def _wake(self) -> None:
-        for loop, event in list(self._wakeups):
-            try:
+        for loop, event, _retry in list(self._wakeups):
+            with contextlib.suppress(RuntimeError):  # that loop has closed
                 loop.call_soon_threadsafe(event.set)
-            except RuntimeError:  # loop closed
-                pass
+
+    def nudge(self) -> None:
+        """The server answers again (e.g. a heartbeat got through): cut a sender's backoff short."""
+        for loop, _event, retry_now in list(self._wakeups):
+            with contextlib.suppress(RuntimeError):
+                loop.call_soon_threadsafe(retry_now.set)
 
 
 class _Transaction:

@@ -146,9 +146,9 @@ def ensure_admin(session: Session, token_path: Path) -> str | None:
 
     Returns the path written, or None when an admin already existed.
     """
-    if session.scalar(select(User).where(User.role == Role.admin.value)) is not None:
-        if token_path.exists():
-            return None
+    admin_exists = session.scalar(select(User).where(User.role == Role.admin.value)) is not None
+    if admin_exists and token_path.exists():
+        return None
     admin = session.scalar(select(User).where(User.name == "admin"))
     if admin is None:
         admin = User(name="admin", role=Role.admin.value)

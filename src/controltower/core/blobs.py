@@ -85,7 +85,9 @@ class _BlobWriter:
     def write(self, chunk: bytes) -> None:
         self.size += len(chunk)
         if self.size > self.store.max_bytes:
-            raise BlobTooLargeError(f"blob is larger than the limit of {self.store.max_bytes} bytes (CT_BLOB_MAX_BYTES)")
+            raise BlobTooLargeError(
+                f"blob is larger than the limit of {self.store.max_bytes} bytes (CT_BLOB_MAX_BYTES)"
+            )
         self.digest.update(chunk)
         self.fh.write(chunk)
 

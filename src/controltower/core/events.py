@@ -11,7 +11,7 @@ import threading
 from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pydantic_core import to_jsonable_python
 from sqlalchemy import JSON, BigInteger, Integer, String, delete, event, or_, select
@@ -19,11 +19,15 @@ from sqlalchemy.orm import Mapped, Session, SessionTransaction, mapped_column
 
 from controltower.core.db import Base, Database, UtcDateTime, utcnow
 
+if TYPE_CHECKING:
+    from controltower.core.scheduler import Scheduler
+
 log = logging.getLogger("controltower.events")
 
 HANDLER_QUEUE_SIZE = 10_000
 STREAM_QUEUE_SIZE = 1_000
 _REPLAY_PAGE = 500
+_PRUNE_CHUNK = 5_000
 _PENDING_KEY = "controltower.events.pending"
 
 
@@ -209,10 +213,12 @@ class EventBus:
         for sub in self._snapshot():
             if sub.handler is None:
                 sub.cancel()
-            elif sub._task is not None:
-                tasks.append(sub._task)
-                sub._task.cancel()
-                sub._task = None
+            else:
+                if sub._task is not None:
+                    tasks.append(sub._task)
+                    sub._task.cancel()
+                    sub._task = None
+                sub._wakeup = None  # bound to this loop; a restart may bring another
         await asyncio.gather(*tasks, return_exceptions=True)
         self._loop = None
         self._loop_thread = None
@@ -235,13 +241,13 @@ class EventBus:
         if session is not None:
             row = EventRecord(topic=topic, ts=ts, payload=data)
             session.add(row)
-            session.flush([row])
+            session.flush()
             self._defer_until_commit(session, Event(row.id, topic, ts, data))
             return row.id
         with self.db.session() as own:
             row = EventRecord(topic=topic, ts=ts, payload=data)
             own.add(row)
-            own.flush([row])
+            own.flush()
             event_id = row.id
         self._dispatch(Event(event_id, topic, ts, data))
         return event_id
@@ -261,7 +267,8 @@ class EventBus:
         pending.append(_Pending(self, ev, txn))
 
     def _dispatch(self, ev: Event) -> None:
-        self.published += 1
+        with self._lock:
+            self.published += 1
         loop = self._loop
         if loop is None:
             log.debug("event %s (%s) persisted; bus not started, nobody notified", ev.id, ev.topic)
@@ -358,10 +365,30 @@ class EventBus:
         return recent(session, pattern, limit, after_id)
 
     def prune(self, older_than: dt.datetime) -> int:
-        """Delete events published before `older_than`; return how many."""
-        with self.db.session() as session:
-            result = session.execute(delete(EventRecord).where(EventRecord.ts < older_than))
-            return int(result.rowcount or 0)
+        """Delete events published before `older_than`; return how many.
+
+        Deletes in chunks, each its own short transaction, so publishers never wait long.
+        """
+        total = 0
+        while True:
+            with self.db.session() as session:
+                chunk = select(EventRecord.id).where(EventRecord.ts < older_than).limit(_PRUNE_CHUNK)
+                ids = list(session.scalars(chunk))
+                if ids:
+                    session.execute(delete(EventRecord).where(EventRecord.id.in_(ids)))
+            total += len(ids)
+            if len(ids) < _PRUNE_CHUNK:
+                return total
+
+    def register_jobs(self, scheduler: Scheduler, retention_days: float) -> None:
+        """Prune events older than `retention_days` every hour."""
+
+        def prune_expired() -> None:
+            removed = self.prune(utcnow() - dt.timedelta(days=retention_days))
+            if removed:
+                log.info("pruned %d events older than %g days", removed, retention_days)
+
+        scheduler.every("events.retention", 3600.0, prune_expired)
 
     def stats(self) -> dict[str, int]:
         subs = self._snapshot()
@@ -384,7 +411,13 @@ class Stream:
 
     @property
     def dropped(self) -> int:
+        """Events lost because this stream's queue was full."""
         return self._sub.dropped
+
+    @property
+    def pending(self) -> int:
+        """Live events queued and not yet read."""
+        return len(self._sub._buffer)
 
     def __aiter__(self) -> Stream:
         return self
@@ -397,6 +430,10 @@ class Stream:
 
     async def __aexit__(self, *exc: object) -> None:
         await self.aclose()
+
+    def close(self) -> None:
+        """End the stream from anywhere (another task, another thread): iteration stops."""
+        self._sub.cancel()
 
     async def aclose(self) -> None:
         self._sub.cancel()

@@ -126,9 +126,9 @@ class Scheduler:
 
     # -- leader lease
 
-    def _acquire(self) -> bool:
-        """Take or renew the lease with a conditional UPDATE; True when this process holds it."""
-        now = utcnow()
+    def try_lead(self, now: dt.datetime | None = None) -> bool:
+        """Take or renew the leader lease with a conditional UPDATE; True when this process holds it."""
+        now = now or utcnow()
         expires = now + dt.timedelta(seconds=self.lease_s)
         with self.db.session() as s:
             taken = s.execute(
@@ -169,7 +169,7 @@ class Scheduler:
         if self._leader_checked_at is not None and loop.time() - self._leader_checked_at < self.lease_s / 3:
             return
         try:
-            leader = await asyncio.to_thread(self._acquire)
+            leader = await asyncio.to_thread(self.try_lead)
         except Exception:
             log.exception("scheduler: could not take or renew the leader lease")
             leader = False

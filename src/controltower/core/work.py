@@ -219,7 +219,7 @@ class WorkQueue:
         with self._waiters_lock:
             waiters = list(self._waiters)
         for loop, ev in waiters:
-            if not loop.is_closed():
+            with suppress(RuntimeError):  # that loop has closed
                 loop.call_soon_threadsafe(ev.set)
 
     def _publish(self, session: Session, topic: str, item: WorkItem) -> None:

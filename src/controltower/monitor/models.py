@@ -24,6 +24,8 @@ class Host(Base):
     last_metrics_at: Mapped[dt.datetime | None] = mapped_column(UtcDateTime)
     samples_received: Mapped[int] = mapped_column(default=0)
     samples_dropped_by_agent: Mapped[int] = mapped_column(default=0)
+    # The newest status transitions, oldest first: [{"ts": iso, "from": s, "to": s}], bounded.
+    history: Mapped[list[dict[str, Any]]] = mapped_column(JSON, default=list)
 
 
 class Check(Base):
@@ -126,6 +128,8 @@ class Alert(Base):
     acked_by: Mapped[str | None] = mapped_column(String(128))
     last_eval_at: Mapped[dt.datetime | None] = mapped_column(UtcDateTime)
     summary: Mapped[str] = mapped_column(Text, default="")
+    # A silence matched at the last transition, so its notification was not sent.
+    silenced: Mapped[bool] = mapped_column(Boolean, default=False)
 
 
 class Silence(Base):
@@ -155,7 +159,10 @@ class Notification(Base):
     """A webhook delivery, retried with backoff until sent or out of attempts."""
 
     __tablename__ = "monitor_notifications"
-    __table_args__ = (UniqueConstraint("webhook_id", "alert_id", "kind"),)
+    __table_args__ = (
+        UniqueConstraint("webhook_id", "alert_id", "kind"),
+        Index("ix_monitor_notifications_due", "status", "next_attempt_at"),
+    )
 
     id: Mapped[int] = mapped_column(primary_key=True)
     webhook_id: Mapped[int] = mapped_column(ForeignKey("monitor_webhooks.id", ondelete="CASCADE"))

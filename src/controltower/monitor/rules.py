@@ -19,8 +19,8 @@ OPS: dict[str, Callable[[float, float], bool]] = {
 }
 SEVERITIES = ("info", "warning", "critical")
 
-METRIC_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_.:\-]*$")
-LABEL_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_.\-]*$")
+METRIC_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_.:]*$")
+LABEL_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_.:]*$")
 RULE_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,127}$")
 _DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h|d|w)")
 _UNIT_S = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, "w": 604800.0}
@@ -48,7 +48,7 @@ class RuleError(ValueError):
 
 @dataclass(frozen=True)
 class Condition:
-    """What a rule tests on each series: `metric{labels} op threshold`, held `for_s`, with optional hysteresis."""
+    """What a rule tests on each series: `metric{labels} op threshold` held `for_s`, optional hysteresis."""
 
     metric: str
     op: str
@@ -161,8 +161,11 @@ def check_labels(labels: Mapping[str, object], field: str = "labels") -> dict[st
     checked: dict[str, str] = {}
     for name, value in labels.items():
         if not isinstance(name, str) or not LABEL_RE.match(name):
-            raise RuleError(field, f"label name {name!r} must start with a letter or '_' "
-                                   "and hold only letters, digits, '_', '.', '-'")
+            raise RuleError(
+                field,
+                f"label name {name!r} must start with a letter or '_' "
+                "and hold only letters, digits, '_', '.', ':'",
+            )
         if not isinstance(value, str):
             raise RuleError(field, f"label {name!r}: value must be a string")
         checked[name] = value
@@ -171,8 +174,11 @@ def check_labels(labels: Mapping[str, object], field: str = "labels") -> dict[st
 
 def check_metric(metric: str, field: str = "metric") -> str:
     if not isinstance(metric, str) or not METRIC_RE.match(metric) or len(metric) > 255:
-        raise RuleError(field, f"metric name {metric!r} must start with a letter or '_' and hold only "
-                               "letters, digits, '_', '.', ':', '-' (at most 255)")
+        raise RuleError(
+            field,
+            f"metric name {metric!r} must start with a letter or '_' and hold only "
+            "letters, digits, '_', '.', ':' (at most 255)",
+        )
     return metric
 
 
@@ -202,23 +208,33 @@ def check_severity(severity: str, field: str = "severity") -> str:
 
 def check_rule_name(name: str, field: str = "name") -> str:
     if not isinstance(name, str) or not RULE_NAME_RE.match(name):
-        raise RuleError(field, f"name {name!r} must be 1-128 letters, digits, '_', '.', '-' "
-                               "and start with a letter or digit")
+        raise RuleError(
+            field,
+            f"name {name!r} must be 1-128 letters, digits, '_', '.', '-' and start with a letter or digit",
+        )
     return name
 
 
-def check_recovery(op: str, threshold: float, recovery: float | None, field: str = "recovery_threshold") -> None:
+def check_recovery(
+    op: str, threshold: float, recovery: float | None, field: str = "recovery_threshold"
+) -> None:
     """A recovery threshold only makes sense for ordering operators, on the safe side of the threshold."""
     if recovery is None:
         return
     if op in ("==", "!="):
         raise RuleError(field, f"a recovery threshold needs one of > >= < <=, not {op!r}")
     if op in (">", ">=") and recovery > threshold:
-        raise RuleError(field, f"must be at or below the threshold {threshold:g} for {op!r} "
-                               f"(the alert recovers when the value drops below it), got {recovery:g}")
+        raise RuleError(
+            field,
+            f"must be at or below the threshold {threshold:g} for {op!r} "
+            f"(the alert recovers when the value drops below it), got {recovery:g}",
+        )
     if op in ("<", "<=") and recovery < threshold:
-        raise RuleError(field, f"must be at or above the threshold {threshold:g} for {op!r} "
-                               f"(the alert recovers when the value rises above it), got {recovery:g}")
+        raise RuleError(
+            field,
+            f"must be at or above the threshold {threshold:g} for {op!r} "
+            f"(the alert recovers when the value rises above it), got {recovery:g}",
+        )
 
 
 def parse_expr(expr: str, field: str = "expr") -> Condition:
@@ -227,8 +243,11 @@ def parse_expr(expr: str, field: str = "expr") -> Condition:
         raise RuleError(field, "expression is empty; expected e.g. 'host.cpu.percent > 90 for 5m'")
     match = _EXPR_RE.match(expr)
     if match is None:
-        raise RuleError(field, f"cannot parse {expr!r}; expected 'metric{{label=value}} OP NUMBER [for DURATION]' "
-                               f"with OP one of {' '.join(OPS)}")
+        raise RuleError(
+            field,
+            f"cannot parse {expr!r}; expected 'metric{{label=value}} OP NUMBER [for DURATION]' "
+            f"with OP one of {' '.join(OPS)}",
+        )
     metric = check_metric(match.group("metric"), field)
     labels = parse_labels(match.group("labels") or "", field)
     threshold = check_threshold(match.group("threshold"), field)
@@ -269,8 +288,9 @@ def severity_rank(severity: str) -> int:
     return SEVERITIES.index(severity) if severity in SEVERITIES else 0
 
 
-def summarize(metric: str, labels: Mapping[str, str], value: float | None, op: str, threshold: float,
-              for_s: float) -> str:
+def summarize(
+    metric: str, labels: Mapping[str, str], value: float | None, op: str, threshold: float, for_s: float
+) -> str:
     shown = "no data" if value is None else _format_number(round(value, 3))
     text = f"{metric}{format_labels(labels)} = {shown} ({op} {_format_number(threshold)}"
     return text + (f" for {format_duration(for_s)})" if for_s else ")")

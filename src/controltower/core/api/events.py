@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 import json
 from collections.abc import AsyncIterator
 from typing import Annotated, Any
 
+import anyio
 from fastapi import APIRouter, Header, HTTPException, Query, status
 from pydantic import BaseModel, Field, field_validator
 from sse_starlette import EventSourceResponse, ServerSentEvent
@@ -19,6 +21,7 @@ from controltower.core.events import Event, Stream, check_topic
 router = APIRouter(tags=["events"])
 
 PING_S = 15.0
+SHUTDOWN_GRACE_S = 2.0
 
 TopicPattern = Annotated[
     str,
@@ -103,10 +106,25 @@ async def stream_events(
         stream = ctx.events.open_stream(topics, since_id)
     except ValueError as exc:
         raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, detail=f"topics: {exc}") from None
-    return EventSourceResponse(_messages(stream), ping=PING_S, background=BackgroundTask(stream.aclose))
+    shutdown = anyio.Event()
+    return EventSourceResponse(
+        _messages(stream, shutdown),
+        ping=PING_S,
+        shutdown_event=shutdown,
+        shutdown_grace_period=SHUTDOWN_GRACE_S,
+        background=BackgroundTask(stream.aclose),  # also when the body never starts (HEAD)
+    )
 
 
-async def _messages(stream: Stream) -> AsyncIterator[ServerSentEvent]:
-    async with stream:
-        async for event in stream:
-            yield ServerSentEvent(data=json.dumps(event.to_json()), id=str(event.id), event=event.topic)
+async def _messages(stream: Stream, shutdown: anyio.Event) -> AsyncIterator[ServerSentEvent]:
+    async def close_on_shutdown() -> None:
+        await shutdown.wait()
+        stream.close()  # the body then ends cleanly instead of being cut off
+
+    watcher = asyncio.create_task(close_on_shutdown())
+    try:
+        async with stream:
+            async for event in stream:
+                yield ServerSentEvent(data=json.dumps(event.to_json()), id=str(event.id), event=event.topic)
+    finally:
+        watcher.cancel()

@@ -25,6 +25,7 @@ from controltower.core.work import (
 router = APIRouter(tags=["work"])
 
 MAX_WAIT_S = 60.0
+UNPROCESSABLE = 422  # by number: its starlette name changed between versions
 
 
 class WorkItemCreate(BaseModel):
@@ -98,7 +99,7 @@ def enqueue(body: WorkItemCreate, ctx: CtxDep, session: SessionDep, _: Operator)
     """Queue an item for the first agent that serves its kind and carries its labels."""
     if body.agent_id is not None and session.get(Agent, body.agent_id) is None:
         raise HTTPException(
-            status.HTTP_422_UNPROCESSABLE_ENTITY, detail=f"agent_id: no agent with id {body.agent_id}"
+            UNPROCESSABLE, detail=f"agent_id: no agent with id {body.agent_id}"
         )
     try:
         item = ctx.work.enqueue(
@@ -106,7 +107,7 @@ def enqueue(body: WorkItemCreate, ctx: CtxDep, session: SessionDep, _: Operator)
             max_attempts=body.max_attempts, lease_s=body.lease_s, on_expiry=body.on_expiry,
         )
     except ValueError as exc:
-        raise HTTPException(status.HTTP_422_UNPROCESSABLE_ENTITY, detail=str(exc)) from exc
+        raise HTTPException(UNPROCESSABLE, detail=str(exc)) from exc
     session.commit()
     return _public(item)
 

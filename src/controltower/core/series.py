@@ -1,0 +1,182 @@
+"""Time series from any source (host metrics, device telemetry): writes, range queries, rollups, retention.
+
+Storage: `series` (one row per name + label set, with its newest sample), raw `samples` keyed by
+(series_id, ts) — a second write of the same (series, ts) overwrites the value, so a resent batch is
+harmless — and rollup tables `samples_1m` / `samples_1h` built behind a watermark. A late sample (older
+than the watermark) moves the watermark back, so the next rollup recomputes the buckets it touched.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable
+from typing import TYPE_CHECKING, Any, NamedTuple
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from controltower.config import Settings
+from controltower.core.db import Database
+from controltower.core.series_models import Rollup1h, Rollup1m, RollupState, SampleRow, Series
+from controltower.core.series_query import (
+    AGGS,
+    RESOLUTIONS,
+    Agg,
+    Resolution,
+    SeriesResult,
+    labels_match,
+    run_query,
+)
+from controltower.core.series_rollup import delete_older, retention_chunks, rollup, series_ids
+from controltower.core.series_write import NAME_PATTERN, Sample, SeriesError, SeriesWriter, series_key
+
+if TYPE_CHECKING:
+    from controltower.core.scheduler import Scheduler
+
+__all__ = [
+    "AGGS",
+    "NAME_PATTERN",
+    "RESOLUTIONS",
+    "Agg",
+    "LatestSample",
+    "Resolution",
+    "Rollup1h",
+    "Rollup1m",
+    "RollupState",
+    "Sample",
+    "SampleRow",
+    "Series",
+    "SeriesError",
+    "SeriesInfo",
+    "SeriesResult",
+    "SeriesStore",
+    "series_key",
+]
+
+DAY_S = 86400.0
+
+
+class LatestSample(NamedTuple):
+    name: str
+    labels: dict[str, str]
+    ts: float
+    value: float
+
+
+class SeriesInfo(NamedTuple):
+    name: str
+    labels: dict[str, str]
+    key: str
+    last_ts: float | None
+    last_value: float | None
+
+
+class SeriesStore:
+    """The one time-series store every subsystem writes to and reads from."""
+
+    def __init__(self, db: Database, settings: Settings) -> None:
+        self.db = db
+        self.settings = settings
+        self._writer = SeriesWriter()
+
+    def write(self, samples: Iterable[Sample], session: Session | None = None) -> int:
+        """Store samples; all are validated before any is written. Returns how many were stored.
+
+        With `session`, the write joins its transaction (the caller commits); otherwise it commits its own.
+        Raises SeriesError (a ValueError) whose `field` names the bad sample, e.g. `samples.3.value`.
+        """
+        batch = self._writer.prepare(samples)
+        if not batch.slots:
+            return 0
+        if session is not None:
+            return self._writer.store(session, batch)
+        with self.db.session() as own:
+            return self._writer.store(own, batch)
+
+    def query(
+        self,
+        name: str,
+        labels: dict[str, str] | None,
+        start: float,
+        end: float,
+        step: float | None = None,
+        agg: Agg = "avg",
+        resolution: Resolution = "auto",
+    ) -> list[SeriesResult]:
+        """Points of every series called `name` whose labels include `labels`, for start <= ts <= end.
+
+        `auto` reads raw samples for spans up to 6 h, 1-minute rollups up to 7 days, else 1-hour rollups,
+        and fills what a rollup does not cover yet from the finer data. Without `step`, a rollup bucket is
+        one point at its start (valued by `agg`) and a raw sample is itself (`count` gives 1); with `step`,
+        points are aggregated into step-aligned buckets (epoch multiples of `step`).
+        """
+        with self.db.session() as session:
+            return run_query(session.connection(), name, labels, start, end, step, agg, resolution)
+
+    def latest(
+        self, name: str | None = None, labels: dict[str, str] | None = None, name_prefix: str | None = None
+    ) -> list[LatestSample]:
+        """The newest sample of each matching series, ordered by series key."""
+        stmt = select(Series.name, Series.labels, Series.last_ts, Series.last_value).where(
+            Series.last_ts.is_not(None)
+        )
+        stmt = self._filter(stmt, name, name_prefix).order_by(Series.key)
+        with self.db.session() as session:
+            rows = session.execute(stmt).all()
+        return [
+            LatestSample(n, lab or {}, ts, v) for n, lab, ts, v in rows if labels_match(lab or {}, labels)
+        ]
+
+    def list_series(
+        self, name_prefix: str | None = None, labels: dict[str, str] | None = None, name: str | None = None
+    ) -> list[SeriesInfo]:
+        stmt = select(Series.name, Series.labels, Series.key, Series.last_ts, Series.last_value)
+        stmt = self._filter(stmt, name, name_prefix).order_by(Series.key)
+        with self.db.session() as session:
+            rows = session.execute(stmt).all()
+        return [
+            SeriesInfo(n, lab or {}, k, ts, v) for n, lab, k, ts, v in rows if labels_match(lab or {}, labels)
+        ]
+
+    @staticmethod
+    def _filter(stmt: Any, name: str | None, name_prefix: str | None) -> Any:
+        if name is not None:
+            stmt = stmt.where(Series.name == name)
+        if name_prefix:
+            stmt = stmt.where(Series.name.startswith(name_prefix, autoescape=True))
+        return stmt
+
+    def rollup(self, now: float | None = None) -> dict[str, int]:
+        """Aggregate closed minutes (from raw) and closed hours (from minutes) since the watermarks.
+
+        Idempotent: buckets are recomputed whole, so running it again changes nothing. Returns rows written.
+        """
+        with self.db.session() as session:
+            return rollup(session.connection(), time.time() if now is None else now)
+
+    def apply_retention(self, now: float | None = None) -> dict[str, int]:
+        """Delete raw samples and rollups older than their retention settings; returns rows deleted per table.
+
+        Series rows are kept (they are small and hold the newest value).
+        """
+        now = time.time() if now is None else now
+        s = self.settings
+        cutoffs = {
+            "raw": ("samples", now - s.raw_retention_days * DAY_S),
+            "1m": ("samples_1m", now - s.minute_retention_days * DAY_S),
+            "1h": ("samples_1h", now - s.hour_retention_days * DAY_S),
+        }
+        deleted = dict.fromkeys(cutoffs, 0)
+        with self.db.session() as session:
+            ids = series_ids(session.connection())
+        for chunk in retention_chunks(ids):  # short transactions: writers wait for one chunk at most
+            with self.db.session() as session:
+                conn = session.connection()
+                for res, (table, cutoff) in cutoffs.items():
+                    deleted[res] += delete_older(conn, table, chunk, cutoff)
+        return deleted
+
+    def register_jobs(self, scheduler: Scheduler) -> None:
+        """Roll up every 30 s and apply retention every hour."""
+        scheduler.every("series.rollup", 30.0, self.rollup)
+        scheduler.every("series.retention", 3600.0, self.apply_retention)

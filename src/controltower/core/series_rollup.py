@@ -1,0 +1,116 @@
+"""Rollups (raw -> 1 minute -> 1 hour, behind a watermark) and retention of the series store."""
+
+from __future__ import annotations
+
+from sqlalchemy import Connection, insert, select, text, update
+
+from controltower.core.series_models import RollupState, Series
+from controltower.core.series_write import ROLLUP_LOCK_ID
+
+GRACE_S = 5.0  # a minute is rolled up once it ended this long ago
+_WINDOW_S = 86400.0  # recompute at most a day per statement, to bound temporary space
+_RETENTION_CHUNK = 500  # series per retention transaction
+
+# resolution -> (table, bucket size, source table, source columns giving count, sum, min, max, last)
+_PLANS = {
+    "1m": ("samples_1m", 60, "samples", ("count(*)", "sum(value)", "min(value)", "max(value)"), "value"),
+    "1h": ("samples_1h", 3600, "samples_1m", ("sum(count)", "sum(sum)", "min(min)", "max(max)"), "last"),
+}
+
+
+def _floor(ts: float, size: int) -> float:
+    return float(ts - ts % size)
+
+
+def _bucket_sql(dialect: str, size: int) -> str:
+    # Timestamps are validated non-negative, so integer truncation is a floor on SQLite.
+    if dialect == "sqlite":
+        return f"(CAST(ts AS INTEGER) / {size}) * {size}"
+    return f"floor(ts / {size}) * {size}"
+
+
+def _aggregate(conn: Connection, resolution: str, a: float, b: float) -> int:
+    """Recompute every bucket of `resolution` in [a, b) from the finer table (delete, then insert-select)."""
+    table, size, source, (n, s, lo, hi), last_col = _PLANS[resolution]
+    active = "series_id IN (SELECT id FROM series WHERE last_ts >= :a)"
+    conn.execute(text(f"DELETE FROM {table} WHERE {active} AND ts >= :a AND ts < :b"), {"a": a, "b": b})
+    bucket = _bucket_sql(conn.dialect.name, size)
+    result = conn.execute(
+        text(
+            f"INSERT INTO {table} (series_id, ts, count, sum, min, max, last) "
+            f"SELECT g.series_id, g.bucket, g.n, g.s, g.lo, g.hi, x.{last_col} FROM ("
+            f"  SELECT series_id, {bucket} AS bucket, {n} AS n, {s} AS s, {lo} AS lo, {hi} AS hi,"
+            f"         max(ts) AS newest"
+            f"  FROM {source} WHERE {active} AND ts >= :a AND ts < :b"
+            f"  GROUP BY series_id, {bucket}"
+            f") g JOIN {source} x ON x.series_id = g.series_id AND x.ts = g.newest"
+        ),
+        {"a": a, "b": b},
+    )
+    return max(result.rowcount or 0, 0)
+
+
+def _earliest(conn: Connection, source: str) -> float | None:
+    """Oldest timestamp in `source`, found per series through the primary key (no full scan)."""
+    return conn.execute(
+        text(f"SELECT min((SELECT min(ts) FROM {source} s WHERE s.series_id = series.id)) FROM series")
+    ).scalar()
+
+
+def _advance(conn: Connection, resolution: str, start: float | None, end: float) -> tuple[int, float | None]:
+    """Roll `resolution` up from its watermark (or `start`, if lower) to `end`.
+
+    Returns the rows written and where recomputation began (None when nothing was due)."""
+    state = RollupState.__table__
+    mark = conn.execute(select(state.c.watermark).where(state.c.resolution == resolution)).scalar()
+    size = _PLANS[resolution][1]
+    begin = mark
+    if begin is None:
+        earliest = _earliest(conn, _PLANS[resolution][2])
+        begin = _floor(earliest, size) if earliest is not None else end
+    if start is not None:
+        begin = min(begin, _floor(start, size))
+    written = 0
+    a = begin
+    while a < end:
+        b = min(a + _WINDOW_S, end)
+        written += _aggregate(conn, resolution, a, b)
+        a = b
+    new_mark = max(begin, end)
+    if mark is None:
+        conn.execute(insert(state).values(resolution=resolution, watermark=new_mark))
+    elif new_mark != mark:
+        conn.execute(update(state).where(state.c.resolution == resolution).values(watermark=new_mark))
+    return written, (begin if begin < end else None)
+
+
+def rollup(conn: Connection, now: float) -> dict[str, int]:
+    """Roll closed minutes up from raw and closed hours up from minutes; safe to run again at any time."""
+    if conn.dialect.name == "postgresql":
+        conn.exec_driver_sql(f"SELECT pg_advisory_xact_lock({ROLLUP_LOCK_ID})")
+    minutes_end = _floor(now - GRACE_S, 60)
+    minutes, redone_from = _advance(conn, "1m", None, minutes_end)
+    # Hours are built from minutes, so recomputed minutes make their hours due again.
+    mark_1m = conn.execute(select(RollupState.watermark).where(RollupState.resolution == "1m")).scalar()
+    hours_end = _floor(mark_1m if mark_1m is not None else minutes_end, 3600)
+    hours, _ = _advance(conn, "1h", redone_from, hours_end)
+    return {"1m": minutes, "1h": hours}
+
+
+def series_ids(conn: Connection) -> list[int]:
+    return list(conn.execute(select(Series.id).order_by(Series.id)).scalars())
+
+
+def delete_older(conn: Connection, table: str, ids: list[int], cutoff: float) -> int:
+    """Delete rows of `table` older than `cutoff` for these series, one primary-key range per series."""
+    ph = "?" if conn.dialect.paramstyle == "qmark" else "%s"
+    sql = f"DELETE FROM {table} WHERE series_id = {ph} AND ts < {ph}"
+    deleted = 0
+    for sid in ids:
+        deleted += max(conn.exec_driver_sql(sql, (sid, cutoff)).rowcount, 0)
+    return deleted
+
+
+def retention_chunks(ids: list[int]) -> list[list[int]]:
+    return [ids[n : n + _RETENTION_CHUNK] for n in range(0, len(ids), _RETENTION_CHUNK)]
+

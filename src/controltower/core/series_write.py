@@ -1,0 +1,286 @@
+"""The series write path: validate a batch, resolve series ids (cached), insert with one executemany."""
+
+from __future__ import annotations
+
+import math
+import re
+import threading
+from collections.abc import Iterable
+from typing import Any, NamedTuple
+
+from sqlalchemy import Connection, event, select, text
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.orm import Session
+
+from controltower.core.series_models import Series
+
+NAME_PATTERN = r"[a-zA-Z_][a-zA-Z0-9_.:]*"
+_NAME_RE = re.compile(NAME_PATTERN + r"\Z")
+MAX_NAME_LEN = 255
+MAX_LABELS = 32
+MAX_LABEL_VALUE_LEN = 1024
+MAX_KEY_LEN = 2048
+# Epoch seconds: negative or past year 5138 is a unit mistake (milliseconds), not a real time.
+MAX_TS = 1e11
+ROLLUP_LOCK_ID = 0x5E41E5  # PostgreSQL advisory lock: writers share it, the rollup takes it alone
+_CHUNK = 500  # keys per IN (...) lookup
+
+
+class Sample(NamedTuple):
+    name: str
+    labels: dict[str, str]
+    ts: float
+    value: float
+
+
+class SeriesError(ValueError):
+    """Bad input to the series store; `field` names what is wrong, e.g. `samples.3.value`."""
+
+    def __init__(self, field: str, reason: str) -> None:
+        super().__init__(f"{field}: {reason}")
+        self.field = field
+        self.reason = reason
+
+
+def _escape(value: str) -> str:
+    return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+
+
+def series_key(name: str, labels: dict[str, str]) -> str:
+    """Canonical identity of a series: `name` or `name{a="1",b="2"}` with labels sorted (Prometheus style)."""
+    if not labels:
+        return name
+    return name + "{" + ",".join(f'{k}="{_escape(v)}"' for k, v in sorted(labels.items())) + "}"
+
+
+def check_name(value: Any, field: str, what: str = "name") -> str:
+    if not isinstance(value, str):
+        raise SeriesError(field, f"{what} must be a string, got {type(value).__name__}")
+    if len(value) > MAX_NAME_LEN:
+        raise SeriesError(field, f"{what} is longer than {MAX_NAME_LEN} characters")
+    if not _NAME_RE.match(value):
+        raise SeriesError(field, f"{what} {value!r} does not match {NAME_PATTERN}")
+    return value
+
+
+def check_labels(labels: Any, field: str) -> dict[str, str]:
+    if labels is None:
+        return {}
+    if not isinstance(labels, dict):
+        raise SeriesError(field, f"labels must be an object of strings, got {type(labels).__name__}")
+    if len(labels) > MAX_LABELS:
+        raise SeriesError(field, f"more than {MAX_LABELS} labels")
+    for k, v in labels.items():
+        check_name(k, field, "label key")
+        if not isinstance(v, str):
+            raise SeriesError(f"{field}.{k}", f"label value must be a string, got {type(v).__name__}")
+        if len(v) > MAX_LABEL_VALUE_LEN:
+            raise SeriesError(f"{field}.{k}", f"label value is longer than {MAX_LABEL_VALUE_LEN} characters")
+    return labels
+
+
+def _number(value: Any, field: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise SeriesError(field, f"must be a number, got {type(value).__name__}")
+    try:
+        return float(value)
+    except OverflowError:
+        raise SeriesError(field, "number is too large") from None
+
+
+class _Prepared(NamedTuple):
+    keys: list[str]  # distinct series keys in this batch
+    meta: list[tuple[str, dict[str, str]]]  # (name, labels) per distinct key
+    slots: list[int]  # per sample: index into keys
+    ts: list[float]
+    values: list[float]
+
+
+class SeriesWriter:
+    """Validates and stores batches. Keeps key -> id in memory; an id enters the cache only once committed."""
+
+    def __init__(self) -> None:
+        self._ids: dict[str, int] = {}
+        self._keys: dict[tuple[str, tuple[tuple[str, str], ...]], str] = {}  # (name, label items) -> key
+        self._lock = threading.Lock()
+
+    def forget(self) -> None:
+        """Drop the caches (after series rows were deleted)."""
+        self._ids.clear()
+        self._keys.clear()
+
+    # -- validation (no database)
+
+    def prepare(self, samples: Iterable[Sample]) -> _Prepared:
+        """Validate every sample before anything is written; raise SeriesError naming the first bad field."""
+        known = self._keys
+        slot_of: dict[str, int] = {}
+        keys: list[str] = []
+        meta: list[tuple[str, dict[str, str]]] = []
+        slots: list[int] = []
+        tss: list[float] = []
+        values: list[float] = []
+        isfinite = math.isfinite
+        for i, sample in enumerate(samples):
+            try:
+                name, labels, ts, value = sample
+            except (TypeError, ValueError):
+                raise SeriesError(f"samples.{i}", "expected (name, labels, ts, value)") from None
+            try:
+                ident = (name, tuple(labels.items()) if labels else ())
+                key = known.get(ident)
+            except (AttributeError, TypeError):  # labels not a dict, or unhashable parts
+                ident, key = None, None
+            if key is None:
+                check_name(name, f"samples.{i}.name")
+                labels = check_labels(labels, f"samples.{i}.labels")
+                key = series_key(name, labels)
+                if len(key) > MAX_KEY_LEN:
+                    raise SeriesError(f"samples.{i}.labels", f"series key over {MAX_KEY_LEN} characters")
+                if ident is not None:
+                    if len(known) > 200_000:
+                        known.clear()
+                    known[ident] = key
+            slot = slot_of.get(key)
+            if slot is None:
+                slot = slot_of[key] = len(keys)
+                keys.append(key)
+                meta.append((name, dict(labels) if labels else {}))
+            if type(ts) is not float:
+                ts = _number(ts, f"samples.{i}.ts")
+            if not 0.0 <= ts < MAX_TS:
+                reason = f"must be epoch seconds in [0, {MAX_TS:.0e})" if isfinite(ts) else "must be finite"
+                raise SeriesError(f"samples.{i}.ts", reason)
+            if type(value) is not float:
+                value = _number(value, f"samples.{i}.value")
+            if not isfinite(value):
+                raise SeriesError(f"samples.{i}.value", "must be finite (no NaN or infinity)")
+            slots.append(slot)
+            tss.append(ts)
+            values.append(value)
+        return _Prepared(keys, meta, slots, tss, values)
+
+    # -- storage
+
+    def store(self, session: Session, batch: _Prepared) -> int:
+        """Insert a prepared batch in `session`'s transaction; the caller commits."""
+        if not batch.slots:
+            return 0
+        conn = session.connection()
+        ids = self._resolve(session, conn, batch)
+        newest = self._newest(batch, ids)
+        if conn.dialect.name == "postgresql":
+            written = self._store_postgres(conn, batch, ids, newest)
+        else:
+            written = self._store_sqlite(conn, batch, ids, newest)
+        # Data older than the 1-minute watermark invalidates rolled-up buckets: move the watermark back.
+        first = min(batch.ts)
+        bucket = first - first % 60
+        conn.execute(
+            text("UPDATE series_rollup_state SET watermark = :b WHERE resolution = '1m' AND watermark > :b"),
+            {"b": bucket},
+        )
+        return written
+
+    @staticmethod
+    def _store_sqlite(
+        conn: Connection, batch: _Prepared, ids: list[int], newest: list[tuple[float, float, int]]
+    ) -> int:
+        rows = [(ids[s], t, v) for s, t, v in zip(batch.slots, batch.ts, batch.values, strict=True)]
+        conn.exec_driver_sql(
+            "INSERT INTO samples (series_id, ts, value) VALUES (?, ?, ?) "
+            "ON CONFLICT (series_id, ts) DO UPDATE SET value = excluded.value",
+            rows,
+        )
+        conn.exec_driver_sql(
+            "UPDATE series SET last_ts = ?1, last_value = ?2 "
+            "WHERE id = ?3 AND (last_ts IS NULL OR last_ts <= ?1)",
+            newest,
+        )
+        return len(rows)
+
+    @staticmethod
+    def _store_postgres(
+        conn: Connection, batch: _Prepared, ids: list[int], newest: list[tuple[float, float, int]]
+    ) -> int:
+        # One statement over arrays is far faster than a per-row executemany; a statement may not
+        # touch a row twice, so a repeated (series, ts) keeps its last value, as sequential writes would.
+        conn.exec_driver_sql(f"SELECT pg_advisory_xact_lock_shared({ROLLUP_LOCK_ID})")
+        rows = {(ids[s], t): v for s, t, v in zip(batch.slots, batch.ts, batch.values, strict=True)}
+        conn.exec_driver_sql(
+            "INSERT INTO samples (series_id, ts, value) "
+            "SELECT * FROM unnest(%(sid)s::integer[], %(ts)s::float8[], %(v)s::float8[]) "
+            "ON CONFLICT (series_id, ts) DO UPDATE SET value = excluded.value",
+            {"sid": [k[0] for k in rows], "ts": [k[1] for k in rows], "v": list(rows.values())},
+        )
+        conn.exec_driver_sql(
+            "UPDATE series SET last_ts = u.ts, last_value = u.v "
+            "FROM unnest(%(ts)s::float8[], %(v)s::float8[], %(sid)s::integer[]) AS u(ts, v, sid) "
+            "WHERE series.id = u.sid AND (series.last_ts IS NULL OR series.last_ts <= u.ts)",
+            {"ts": [r[0] for r in newest], "v": [r[1] for r in newest], "sid": [r[2] for r in newest]},
+        )
+        return len(batch.slots)
+
+    @staticmethod
+    def _newest(batch: _Prepared, ids: list[int]) -> list[tuple[float, float, int]]:
+        best_ts = [-1.0] * len(batch.keys)
+        best_val = [0.0] * len(batch.keys)
+        for s, t, v in zip(batch.slots, batch.ts, batch.values, strict=True):
+            if t >= best_ts[s]:
+                best_ts[s] = t
+                best_val[s] = v
+        return [(best_ts[s], best_val[s], ids[s]) for s in range(len(batch.keys))]
+
+    def _resolve(self, session: Session, conn: Connection, batch: _Prepared) -> list[int]:
+        """Series id per distinct key; missing series are created (insert-or-ignore, then select)."""
+        cache = self._ids
+        ids = [cache.get(k, 0) for k in batch.keys]
+        missing = [i for i, sid in enumerate(ids) if not sid]
+        if not missing:
+            return ids
+        found = self._lookup(conn, [batch.keys[i] for i in missing])
+        new = [i for i in missing if batch.keys[i] not in found]
+        if new:
+            dialect_insert = postgresql.insert if conn.dialect.name == "postgresql" else sqlite.insert
+            stmt = dialect_insert(Series.__table__).on_conflict_do_nothing(index_elements=["key"])
+            conn.execute(
+                stmt,
+                [{"name": batch.meta[i][0], "labels": batch.meta[i][1], "key": batch.keys[i]} for i in new],
+            )
+            found.update(self._lookup(conn, [batch.keys[i] for i in new]))
+        for i in missing:
+            ids[i] = found[batch.keys[i]]
+        self._remember_on_commit(session, found)
+        return ids
+
+    @staticmethod
+    def _lookup(conn: Connection, keys: list[str]) -> dict[str, int]:
+        out: dict[str, int] = {}
+        for n in range(0, len(keys), _CHUNK):
+            chunk = keys[n : n + _CHUNK]
+            for sid, key in conn.execute(select(Series.id, Series.key).where(Series.key.in_(chunk))):
+                out[key] = sid
+        return out
+
+    def _remember_on_commit(self, session: Session, found: dict[str, int]) -> None:
+        # A rolled-back insert must not leave its id in the cache (SQLite would hand the id out again).
+        info = session.info
+        pending: dict[str, int] | None = info.get("ct_series_pending")
+        if pending is None:
+            pending = info["ct_series_pending"] = {}
+            with self._lock:
+                event.listen(session, "after_commit", self._on_commit)
+                event.listen(session, "after_rollback", self._on_rollback)
+        pending.update(found)
+
+    def _on_commit(self, session: Session) -> None:
+        pending = session.info.get("ct_series_pending")
+        if pending:
+            self._ids.update(pending)
+            pending.clear()
+
+    @staticmethod
+    def _on_rollback(session: Session) -> None:
+        pending = session.info.get("ct_series_pending")
+        if pending:
+            pending.clear()

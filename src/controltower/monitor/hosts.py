@@ -1,0 +1,220 @@
+"""Hosts: metrics pushed by agents' collectors, UP/DOWN liveness from heartbeats, and their API views."""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections import defaultdict
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from controltower.core.agents import Agent
+from controltower.core.context import Context
+from controltower.core.db import utcnow
+from controltower.core.series import LatestSample, Sample
+from controltower.monitor.models import Host
+from controltower.monitor.schemas import HostDetail, HostPublic, HostStatusChange, MetricsPush, MetricValue
+
+UP, DOWN, UNKNOWN = "up", "down", "unknown"
+HISTORY_LIMIT = 50
+FACT_SUMMARY_KEYS = (
+    "hostname",
+    "os_release",
+    "kernel",
+    "arch",
+    "cpu_model",
+    "cpu_cores",
+    "memory_total_bytes",
+    "addresses",
+)
+
+
+class HostNotFound(LookupError):
+    def __init__(self, name: str) -> None:
+        super().__init__(f"no monitored host named {name!r}")
+
+
+class AgentGone(LookupError):
+    """The calling agent's row was deleted."""
+
+
+# -- ingestion ------------------------------------------------------------------------------------
+
+
+def ingest_metrics(ctx: Context, session: Session, agent_id: int, push: MetricsPush) -> tuple[Host, int]:
+    """Store a collector's samples (the `host` label forced to the agent's name) and count them on its Host.
+
+    Runs in the caller's transaction; SeriesError (naming e.g. `samples.3.name`) comes before any write.
+    """
+    agent = session.get(Agent, agent_id)
+    if agent is None:
+        raise AgentGone(f"agent {agent_id} no longer exists")
+    samples = [Sample(s.name, {**s.labels, "host": agent.name}, push.ts, s.value) for s in push.samples]
+    stored = ctx.series.write(samples, session=session) if samples else 0
+    host = session.scalar(select(Host).where(Host.agent_id == agent.id))
+    if host is None:
+        host = session.scalar(select(Host).where(Host.name == agent.name))
+    if host is None:
+        host = Host(
+            agent_id=agent.id,
+            name=agent.name,
+            status=UNKNOWN,
+            status_since=utcnow(),
+            samples_received=0,
+            samples_dropped_by_agent=0,
+            history=[],
+        )
+        session.add(host)
+    host.agent_id, host.name = agent.id, agent.name
+    host.last_metrics_at = utcnow()
+    host.samples_received = (host.samples_received or 0) + len(samples)
+    host.samples_dropped_by_agent = (host.samples_dropped_by_agent or 0) + push.dropped
+    session.flush()
+    return host, stored
+
+
+# -- liveness -------------------------------------------------------------------------------------
+
+
+def down_after_s(ctx: Context, agent: Agent) -> float:
+    return ctx.settings.host_down_after * (agent.heartbeat_interval_s or ctx.settings.agent_heartbeat_s)
+
+
+def evaluate_liveness(ctx: Context, now: dt.datetime | None = None) -> dict[str, str]:
+    """Mark each host UP or DOWN by its agent's last heartbeat; publish transitions; write `host.up{host}`."""
+    now = now or utcnow()
+    statuses: dict[str, str] = {}
+    with ctx.db.session() as session:
+        rows = session.execute(
+            select(Host, Agent).join(Agent, Host.agent_id == Agent.id).order_by(Host.name)
+        ).all()
+        samples: list[Sample] = []
+        for host, agent in rows:
+            silent_s = (now - agent.last_seen).total_seconds() if agent.last_seen else None
+            status = UP if silent_s is not None and silent_s <= down_after_s(ctx, agent) else DOWN
+            statuses[host.name] = status
+            samples.append(
+                Sample("host.up", {"host": host.name}, now.timestamp(), 1.0 if status == UP else 0.0)
+            )
+            if status == host.status:
+                continue
+            change = {"ts": now.isoformat(), "from": host.status, "to": status}
+            host.history = [*(host.history or []), change][-HISTORY_LIMIT:]
+            previous, host.status, host.status_since = host.status, status, now
+            ctx.events.publish(
+                f"monitor.host.{status}",
+                {
+                    "host": host.name,
+                    "agent_id": agent.id,
+                    "from": previous,
+                    "to": status,
+                    "last_seen": agent.last_seen.isoformat() if agent.last_seen else None,
+                },
+                session=session,
+            )
+        if samples:
+            ctx.series.write(samples, session=session)
+    return statuses
+
+
+# -- reading --------------------------------------------------------------------------------------
+
+
+def read_hosts(session: Session) -> list[tuple[Host, Agent]]:
+    rows = session.execute(
+        select(Host, Agent).join(Agent, Host.agent_id == Agent.id).order_by(Host.name)
+    ).all()
+    return [(h, a) for h, a in rows]
+
+
+def read_host(session: Session, name: str) -> tuple[Host, Agent]:
+    row = session.execute(
+        select(Host, Agent).join(Agent, Host.agent_id == Agent.id).where(Host.name == name)
+    ).first()
+    if row is None:
+        raise HostNotFound(name)
+    return row[0], row[1]
+
+
+def delete_host(session: Session, name: str) -> None:
+    """Forget a host's monitoring state (it comes back if its agent pushes metrics again)."""
+    host, _ = read_host(session, name)
+    session.delete(host)
+    session.flush()
+
+
+def facts_summary(facts: dict[str, Any]) -> dict[str, Any]:
+    """The few facts worth a column: OS, CPU, memory, addresses (plug-in sub-dicts are looked into too)."""
+    flat: dict[str, Any] = {}
+    for key, value in facts.items():
+        if isinstance(value, dict):
+            for inner_key, inner in value.items():
+                flat.setdefault(inner_key, inner)
+        else:
+            flat[key] = value
+    summary = {k: flat[k] for k in FACT_SUMMARY_KEYS if k in flat}
+    if not summary:
+        summary = {k: v for k, v in list(flat.items())[:6] if isinstance(v, str | int | float | bool)}
+    return summary
+
+
+def latest_by_host(latest: list[LatestSample]) -> dict[str, list[LatestSample]]:
+    by_host: dict[str, list[LatestSample]] = defaultdict(list)
+    for sample in latest:
+        host = sample.labels.get("host")
+        if host is not None:
+            by_host[host].append(sample)
+    return by_host
+
+
+def _headline(samples: list[LatestSample], name: str, worst: bool = False) -> float | None:
+    values = [s for s in samples if s.name == name]
+    if not values:
+        return None
+    if worst:
+        return max(s.value for s in values)
+    return min(values, key=lambda s: len(s.labels)).value
+
+
+def host_public(host: Host, agent: Agent, samples: list[LatestSample]) -> HostPublic:
+    return HostPublic(
+        name=host.name,
+        agent_id=agent.id,
+        status=host.status,
+        status_since=host.status_since,
+        last_seen=agent.last_seen,
+        last_metrics_at=host.last_metrics_at,
+        facts=facts_summary(agent.facts or {}),
+        labels=list(agent.labels or []),
+        cpu_percent=_headline(samples, "host.cpu.percent"),
+        memory_percent=_headline(samples, "host.memory.percent"),
+        disk_percent=_headline(samples, "host.disk.percent", worst=True),
+        samples_received=host.samples_received,
+        samples_dropped_by_agent=host.samples_dropped_by_agent,
+    )
+
+
+def host_detail(host: Host, agent: Agent, samples: list[LatestSample]) -> HostDetail:
+    public = host_public(host, agent, samples)
+    history = [
+        HostStatusChange(ts=dt.datetime.fromisoformat(c["ts"]), from_status=c["from"], to_status=c["to"])
+        for c in reversed(host.history or [])
+    ]
+    metrics = [
+        MetricValue(name=s.name, labels=s.labels, ts=dt.datetime.fromtimestamp(s.ts, dt.UTC), value=s.value)
+        for s in samples
+    ]
+    return HostDetail(**public.model_dump(), all_facts=agent.facts or {}, history=history, metrics=metrics)
+
+
+# -- wiring ---------------------------------------------------------------------------------------
+
+
+def setup(ctx: Context) -> None:
+    """Routes and the liveness job."""
+    from controltower.monitor import api
+
+    every = max(1.0, min(5.0, ctx.settings.agent_heartbeat_s / 2))
+    ctx.scheduler.every("monitor.hosts.liveness", every, lambda: evaluate_liveness(ctx), run_at_start=True)
+    ctx.include_router(api.hosts_router)
