@@ -23,9 +23,7 @@ TARGET_CPU_PERCENT = 0.3
 AGENT_NAME = "bench-agent"
 
 
-def _wait(
-    predicate, timeout: float, what: str, proc: subprocess.Popen[bytes] | None = None, log: Path | None = None
-):
+def _wait(predicate, timeout: float, what: str, proc: subprocess.Popen[bytes] | None = None, log: Path | None = None):
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc is not None and proc.poll() is not None:

@@ -85,6 +85,40 @@ def agents_list(server: ServerOpt = DEFAULT_SERVER, token: TokenOpt = None, as_j
     print_rows(rows, ["id", "name", "labels", "capacity", "version", "last_seen"], as_json)
 
 
+tokens_app = typer.Typer(no_args_is_help=True, help="API tokens for people and scripts.")
+app.add_typer(tokens_app, name="tokens")
+
+
+@tokens_app.command("add")
+def tokens_add(
+    name: str,
+    role: Annotated[str, typer.Option(help="admin, operator or viewer")] = "viewer",
+    ttl_days: Annotated[float | None, typer.Option("--ttl-days", help="Expire after this many days")] = None,
+    server: ServerOpt = DEFAULT_SERVER,
+    token: TokenOpt = None,
+) -> None:
+    """Issue a token and print it (it is not shown again)."""
+    with client_from(server, token) as client:
+        result = call(client.post, "tokens", {"name": name, "role": role, "ttl_days": ttl_days})
+    typer.echo(result["token"])
+
+
+@tokens_app.command("list")
+def tokens_list(server: ServerOpt = DEFAULT_SERVER, token: TokenOpt = None, as_json: JsonOpt = False) -> None:
+    """Every token (never its value)."""
+    with client_from(server, token) as client:
+        rows = call(client.get, "tokens")
+    print_rows(rows, ["id", "name", "role", "subject", "created_at", "expires_at", "revoked_at"], as_json)
+
+
+@tokens_app.command("revoke")
+def tokens_revoke(token_id: int, server: ServerOpt = DEFAULT_SERVER, token: TokenOpt = None) -> None:
+    """Revoke a token by id."""
+    with client_from(server, token) as client:
+        call(client.delete, f"tokens/{token_id}")
+    typer.echo(f"revoked token {token_id}")
+
+
 action_app = typer.Typer(no_args_is_help=True, help="List and call actions.")
 app.add_typer(action_app, name="action")
 

@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import importlib
 import logging
+import socket
 from collections.abc import AsyncIterator
 from types import ModuleType
 
@@ -21,6 +22,7 @@ from controltower.core.api import agents as agents_api
 from controltower.core.api import events as events_api
 from controltower.core.api import series as series_api
 from controltower.core.api import system as system_api
+from controltower.core.api import tokens as tokens_api
 from controltower.core.api import work as work_api
 from controltower.core.auth import ensure_admin
 from controltower.core.blobs import BlobStore
@@ -37,11 +39,20 @@ SUBSYSTEMS = ("monitor",)
 
 
 def subsystem_modules() -> list[ModuleType]:
+    """Each subsystem's package, after its `models` module, so every table is on Base.metadata for migrations."""
+    for name in SUBSYSTEMS:
+        importlib.import_module(f"controltower.{name}.models")
     return [importlib.import_module(f"controltower.{name}") for name in SUBSYSTEMS]
 
 
-# Import every subsystem at module load so their tables are on Base.metadata for migrations.
 _MODULES = subsystem_modules()
+
+
+def _replica_name(settings: Settings) -> str | None:
+    """Host and listen port: only one live process can hold that port, so the name is safe to reuse."""
+    if not settings.port:
+        return None
+    return f"{socket.gethostname()}:{settings.host}:{settings.port}"
 
 
 def build_context(settings: Settings) -> Context:
@@ -56,7 +67,7 @@ def build_context(settings: Settings) -> Context:
         events=events,
         actions=actions,
         work=WorkQueue(db, events, settings),
-        scheduler=Scheduler(db),
+        scheduler=Scheduler(db, holder=_replica_name(settings)),
         series=SeriesStore(db, settings),
         blobs=BlobStore(settings.data_dir / "blobs", settings.blob_max_bytes),
     )
@@ -81,9 +92,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     ctx = build_context(settings)
     ctx.work.register_jobs(ctx.scheduler)
     ctx.events.register_jobs(ctx.scheduler, settings.event_retention_days)
+    ctx.series.register_jobs(ctx.scheduler)
 
     for router in (system_api.router, agents_api.router, events_api.router, actions_api.router,
-                   work_api.router, series_api.router):
+                   work_api.router, series_api.router, tokens_api.router):
         ctx.include_router(router)
     for module in _MODULES:
         module.setup(ctx)

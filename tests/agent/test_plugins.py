@@ -76,9 +76,7 @@ def test_facts_merge_and_a_failing_hook_is_left_out(caplog: pytest.LogCaptureFix
     assert "plug-in b: facts() failed" in caplog.text
 
 
-def test_a_crashing_plugin_is_restarted_with_backoff(
-    tmp_path: Path, caplog: pytest.LogCaptureFixture
-) -> None:
+def test_a_crashing_plugin_is_restarted_with_backoff(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     plugin = _Flaky(crashes=2)
 
     async def scenario() -> AgentContext:

@@ -106,14 +106,10 @@ def test_enrols_heartbeats_and_sends_host_metrics(server: RunningServer, tmp_pat
     enrolment = _enrolment_token(server, labels=["from-token"])
     state = tmp_path / "agent-state"
     log = tmp_path / "agent.log"
-    with _agent(
-        server.url, state, log, "--token", enrolment, "--name", "web-1", "--labels", "edge, linux"
-    ) as proc:
+    with _agent(server.url, state, log, "--token", enrolment, "--name", "web-1", "--labels", "edge, linux") as proc:
         row = wait_for(lambda: _agent_row(server, "web-1"), timeout=60, message="agent web-1 enrolled")
         assert row["labels"] == ["edge", "from-token", "linux"]
-        assert (
-            row["facts"]["os"] and row["facts"]["cpu_cores"] >= 1 and row["facts"]["memory_total_bytes"] > 0
-        )
+        assert row["facts"]["os"] and row["facts"]["cpu_cores"] >= 1 and row["facts"]["memory_total_bytes"] > 0
         assert row["version"]
 
         token_file = state / "agent-token"
@@ -128,9 +124,7 @@ def test_enrols_heartbeats_and_sends_host_metrics(server: RunningServer, tmp_pat
             message="a heartbeat moved last_seen",
         )
 
-        latest = wait_for(
-            lambda: _latest_cpu(server, "web-1"), timeout=60, message="host.cpu.percent arrived"
-        )
+        latest = wait_for(lambda: _latest_cpu(server, "web-1"), timeout=60, message="host.cpu.percent arrived")
         assert latest[0]["labels"]["host"] == "web-1"
         assert 0 <= latest[0]["value"] <= 100
 
@@ -204,15 +198,11 @@ def test_unknown_enrolment_token_is_a_clear_error(server: RunningServer, tmp_pat
     assert "cte_not-a-real-one" not in output
 
 
-def test_samples_taken_while_the_server_is_down_arrive_after_it_returns(
-    server: RunningServer, tmp_path: Path
-) -> None:
+def test_samples_taken_while_the_server_is_down_arrive_after_it_returns(server: RunningServer, tmp_path: Path) -> None:
     enrolment = _enrolment_token(server)
     state = tmp_path / "state"
     with _agent(server.url, state, tmp_path / "agent.log", "--token", enrolment, "--name", "edge-1") as proc:
-        wait_for(
-            lambda: _latest_cpu(server, "edge-1"), timeout=60, message="metrics flowing before the outage"
-        )
+        wait_for(lambda: _latest_cpu(server, "edge-1"), timeout=60, message="metrics flowing before the outage")
         server.kill()
         down_at = time.time()
         time.sleep(5)  # five 1 s intervals sampled into the outbox with nobody to send to

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import threading
 import time
 from pathlib import Path
 
@@ -200,6 +201,28 @@ def test_write_joins_the_callers_transaction(store: SeriesStore, db: Database):
     assert store.query("m", None, T0, T0)[0].points == [(T0, 2.0)]
 
 
+def test_concurrent_writers_creating_the_same_series(store: SeriesStore, db: Database):
+    errors: list[BaseException] = []
+
+    def writer(n: int) -> None:
+        try:
+            # a separate store per thread: no shared id cache, so every writer races to create the series
+            own = SeriesStore(db, store.settings)
+            own.write([Sample("race", {"i": str(i)}, T0 + n, float(n)) for i in range(50)])
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=writer, args=(n,)) for n in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+    assert count(db, Series) == 50
+    assert count(db, SampleRow) == 200
+    assert {len(r.points) for r in store.query("race", None, T0, T0 + 3)} == {4}
+
+
 def test_series_key_is_canonical_and_unambiguous():
     assert series_key("cpu", {}) == "cpu"
     assert series_key("cpu", {"b": "2", "a": "1"}) == 'cpu{a="1",b="2"}'
@@ -317,6 +340,11 @@ def test_late_samples_reopen_rolled_up_buckets(store: SeriesStore, db: Database)
     store.rollup(now=T0 + 2 * HOUR)
     # a late sample in minute 1 of series a, and an overwrite of the last sample of minute 0
     store.write([Sample("cpu", {"host": "a"}, T0 + 61, 5.0), Sample("cpu", {"host": "a"}, T0 + 59.5, 12.0)])
+    # before the next rollup, queries already see them: the stale buckets are read from raw samples
+    [r] = store.query("cpu", {"host": "a"}, T0, T0 + 2 * HOUR, step=60, agg="max")
+    assert r.points == [(T0, 12.0), (T0 + 60, 5.0), (T0 + 120, 10.0)]
+    [r] = store.query("cpu", {"host": "a"}, T0 - 8 * DAY, T0 + HOUR, step=HOUR, agg="count")
+    assert r.points == [(T0, 7.0)]
     store.rollup(now=T0 + 2 * HOUR)
     minutes = rollup_rows(db, Rollup1m)
     assert minutes[0] == ('cpu{host="a"}', T0, 3, 24.0, 4.0, 12.0, 12.0)
@@ -350,6 +378,14 @@ def test_auto_resolution_picks_raw_minutes_or_hours_and_falls_back_to_raw(store:
     [r] = store.query("m", None, T0 - 8 * DAY, T0, agg="count")
     assert len(r.points) == 48
     assert {v for _, v in r.points} == {180.0}
+    # a step finer than a minute (or not a whole number of minutes) reads raw samples
+    [r] = store.query("m", None, T0 - DAY, T0, step=20, agg="count")
+    assert len(r.points) == DAY / 20
+    [r] = store.query("m", None, T0 - DAY, T0, step=90, agg="count")
+    assert {v for _, v in r.points} == {4.0, 5.0}  # 90 s holds 4 or 5 samples 20 s apart
+    # with a step of whole hours, a long range still reads hours
+    [r] = store.query("m", None, T0 - 8 * DAY, T0, step=2 * HOUR, agg="count")
+    assert {v for _, v in r.points} == {360.0}
     # samples newer than the watermark come from raw data, after the rolled-up minutes
     store.write([Sample("m", {}, T0 + 5, 7.0)])
     [r] = store.query("m", None, T0 - DAY, T0 + 10, agg="max")
@@ -389,6 +425,27 @@ def test_retention_deletes_only_rows_past_their_retention(store: SeriesStore, db
     assert len(store.list_series()) == 4  # series rows stay, with their newest value
 
 
+def test_a_late_sample_behind_raw_retention_keeps_the_older_rollups(store: SeriesStore, db: Database):
+    now = T0 + 20 * DAY
+    hourly = [now - 10 * DAY + k * HOUR for k in range(240)]
+    store.write([Sample("m", {}, ts, float(k)) for k, ts in enumerate(hourly)])
+    store.rollup(now=now)
+    assert store.apply_retention(now=now)["raw"] == 72  # raw kept 7 days, rollups kept longer
+    minutes_before = rollup_rows(db, Rollup1m)
+    assert len(minutes_before) == 240
+
+    late = hourly[24] + 120  # nine days old, in a minute of its own
+    store.write([Sample("m", {}, late, 1000.0)])
+    store.rollup(now=now)
+    minutes = rollup_rows(db, Rollup1m)
+    assert len(minutes) == 241
+    assert set(minutes_before) < set(minutes)  # every older minute survived the recomputation
+    hours = {ts: (n, total) for _key, ts, n, total, *_ in rollup_rows(db, Rollup1h)}
+    assert len(hours) == 239  # the newest hour is not closed yet
+    assert hours[hourly[24]] == (2, 24.0 + 1000.0)
+    assert hours[hourly[23]] == (1, 23.0)
+
+
 def test_register_jobs_schedules_rollup_and_retention(store: SeriesStore, db: Database):
     from controltower.core.scheduler import Scheduler
 
@@ -408,7 +465,7 @@ def test_rollup_scans_series_through_the_primary_key_on_sqlite(store: SeriesStor
             for row in conn.execute(
                 text(
                     "EXPLAIN QUERY PLAN SELECT series_id, count(*) FROM samples WHERE series_id IN "
-                    "(SELECT id FROM series WHERE last_ts >= :a) AND ts >= :a AND ts < :b GROUP BY series_id"
+                    "(SELECT series_id FROM series_latest WHERE ts >= :a) AND ts >= :a AND ts < :b GROUP BY series_id"
                 ),
                 {"a": T0, "b": T0 + 60},
             )

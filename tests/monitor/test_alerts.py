@@ -410,3 +410,30 @@ def test_default_rules_are_created_once_and_cannot_be_deleted(env):
     (alert,) = open_alerts(env)
     with env.db.session() as session:
         assert session.get(AlertRule, alert.rule_id).name == "host-down"
+
+
+def test_a_sparse_series_is_judged_by_its_own_interval(env):
+    add_rule(env, "nightly", expr="job.ok == 0")
+    put_every(env, "job.ok", {"job": "backup"}, -17400, -3000, 0, step=7200)  # every 2 h, last 50 min ago
+    env.engine.evaluate(now=at(0))
+    assert [a.state for a in open_alerts(env)] == ["firing"]
+
+
+def test_prune_removes_old_resolved_alerts_their_notifications_and_ended_silences(env):
+    add_webhook(env)
+    add_rule(env, "down", expr="host.up == 0")
+    with env.db.session() as session:
+        alerts.create_silence(session, labels={"host": "z"}, ends_at=at(60), now=at(0))
+    put(env, "host.up", {"host": "a"}, 0, 0)
+    put(env, "host.up", {"host": "b"}, 0, 0)
+    env.engine.evaluate(now=at(0))
+    put(env, "host.up", {"host": "a"}, 10, 1)
+    env.engine.evaluate(now=at(10))
+    assert len(notifications(env)) == 3
+
+    with env.db.session() as session:
+        assert alerts.prune(session, at(5)) == {"alerts": 0, "silences": 0}
+    with env.db.session() as session:
+        assert alerts.prune(session, at(3600)) == {"alerts": 1, "silences": 1}
+    assert [(a.labels["host"], a.state) for a in all_alerts(env)] == [("b", "firing")]
+    assert [n.payload["labels"]["host"] for n in notifications(env)] == ["b"]

@@ -340,8 +340,10 @@ def test_checks_resume_after_sigkill_and_results_survive(server):
         server.kill()
         server.start()
         client = server.client()
+        # The killed process still holds the scheduler's leader lease (15 s); checks resume once it lapses.
         after = wait_for(
             lambda: len(r := client.get("monitor/checks/web/results", limit=1000)) > len(before) + 1 and r,
+            timeout=45,
             message="new results after the restart",
         )
         kept = {r["ts"] for r in after}

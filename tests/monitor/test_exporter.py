@@ -37,17 +37,24 @@ def test_collector_exports_hosts_and_checks(db, tmp_path):
     now = time.time()
     with db.session() as session:
         agent = register_agent(session, name="web1", facts={}, labels=[], capacity=1, version=None)
-        session.add_all([
-            Check(name="site", type="http", target="http://x/", state="up", last_latency_ms=12.5, params={}),
-            Check(name="db", type="tcp", target="x:1", state="down", params={}),
-            Check(name="new", type="tcp", target="x:2", state="unknown", params={}),
-        ])
-    push = MetricsPush.model_validate({"ts": now, "samples": [
-        {"name": "host.cpu.percent", "labels": {}, "value": 33.0},
-        {"name": "host.disk.percent", "labels": {"mount": "/"}, "value": 50.0},
-        {"name": "host.disk.percent", "labels": {"mount": "/data"}, "value": 75.0},
-        {"name": "host.net.rx_bytes_per_s", "labels": {"interface": "eth0"}, "value": 1024.0},
-    ]})
+        session.add_all(
+            [
+                Check(name="site", type="http", target="http://x/", state="up", last_latency_ms=12.5, params={}),
+                Check(name="db", type="tcp", target="x:1", state="down", params={}),
+                Check(name="new", type="tcp", target="x:2", state="unknown", params={}),
+            ]
+        )
+    push = MetricsPush.model_validate(
+        {
+            "ts": now,
+            "samples": [
+                {"name": "host.cpu.percent", "labels": {}, "value": 33.0},
+                {"name": "host.disk.percent", "labels": {"mount": "/"}, "value": 50.0},
+                {"name": "host.disk.percent", "labels": {"mount": "/data"}, "value": 75.0},
+                {"name": "host.net.rx_bytes_per_s", "labels": {"interface": "eth0"}, "value": 1024.0},
+            ],
+        }
+    )
     with db.session() as session:
         hosts.ingest_metrics(ctx, session, agent.id, push)
     ctx.series.write([Sample("host.cpu.percent", {"host": "gone"}, now, 99.0)])  # no such host: not exported
@@ -56,12 +63,15 @@ def test_collector_exports_hosts_and_checks(db, tmp_path):
     metrics = parse(generate_latest(ctx.metrics).decode())
     assert metrics["ctower_host_cpu_percent"] == {(("host", "web1"),): 33.0}
     assert metrics["ctower_host_disk_percent"] == {
-        (("host", "web1"), ("mount", "/")): 50.0, (("host", "web1"), ("mount", "/data")): 75.0,
+        (("host", "web1"), ("mount", "/")): 50.0,
+        (("host", "web1"), ("mount", "/data")): 75.0,
     }
     assert metrics["ctower_host_net_rx_bytes_per_s"] == {(("host", "web1"), ("interface", "eth0")): 1024.0}
     assert metrics["ctower_host_up"] == {(("host", "web1"),): 1.0}
-    assert metrics["ctower_check_up"] == {(("check", "db"), ("type", "tcp")): 0.0,
-                                          (("check", "site"), ("type", "http")): 1.0}
+    assert metrics["ctower_check_up"] == {
+        (("check", "db"), ("type", "tcp")): 0.0,
+        (("check", "site"), ("type", "http")): 1.0,
+    }
     assert metrics["ctower_check_latency_ms"] == {(("check", "site"), ("type", "http")): 12.5}
 
 
@@ -70,10 +80,16 @@ def test_metrics_endpoint_parses_with_checks_and_hosts(server):
     target = HttpTarget()
     try:
         agent = enrol_agent(admin, "web1")
-        agent.post("monitor/hosts/metrics", {"ts": time.time(), "samples": [
-            {"name": "host.memory.percent", "labels": {}, "value": 61.5},
-            {"name": "host.disk.percent", "labels": {"mount": "/"}, "value": 20.0},
-        ]})
+        agent.post(
+            "monitor/hosts/metrics",
+            {
+                "ts": time.time(),
+                "samples": [
+                    {"name": "host.memory.percent", "labels": {}, "value": 61.5},
+                    {"name": "host.disk.percent", "labels": {"mount": "/"}, "value": 20.0},
+                ],
+            },
+        )
         admin.post("monitor/checks", {"name": "site", "type": "http", "target": target.url(), "interval": 1})
         wait_for(lambda: admin.get("monitor/checks/site")["state"] == "up", message="check UP")
         text = admin.http.get("/metrics").text

@@ -85,6 +85,7 @@ class Outbox:
         self._conn.executescript(_SCHEMA)
         self._count = self._conn.execute("SELECT COUNT(*) FROM outbox").fetchone()[0]
         self._in_flight: int | None = None
+        self.last_problem = ""
         # Per running sender: its loop, "a message was queued", and "the server is back, retry now".
         self._wakeups: list[tuple[asyncio.AbstractEventLoop, asyncio.Event, asyncio.Event]] = []
 
@@ -118,9 +119,7 @@ class Outbox:
     def peek(self) -> Message | None:
         """The oldest queued message, or None."""
         with self._lock:
-            row = self._conn.execute(
-                "SELECT id, path, body, created_at FROM outbox ORDER BY id LIMIT 1"
-            ).fetchone()
+            row = self._conn.execute("SELECT id, path, body, created_at FROM outbox ORDER BY id LIMIT 1").fetchone()
         return Message(row[0], row[1], json.loads(row[2]), row[3]) if row else None
 
     def messages(self) -> list[Message]:
@@ -158,9 +157,7 @@ class Outbox:
 
     def rejected(self) -> list[Rejected]:
         with self._lock:
-            rows = self._conn.execute(
-                "SELECT id, path, body, status, reason FROM rejected ORDER BY id"
-            ).fetchall()
+            rows = self._conn.execute("SELECT id, path, body, status, reason FROM rejected ORDER BY id").fetchall()
         return [Rejected(r[0], r[1], json.loads(r[2]), r[3], r[4]) for r in rows]
 
     @property
@@ -207,7 +204,8 @@ class Outbox:
                 if outcome == "retry":
                     if not failing:
                         log.warning(
-                            "server unreachable or busy; keeping %d message(s) on disk and retrying",
+                            "cannot deliver (%s); keeping %d message(s) on disk and retrying",
+                            self.last_problem,
                             len(self),
                         )
                     failing = True
@@ -230,9 +228,7 @@ class Outbox:
             if message is None:
                 break
             try:
-                outcome = await asyncio.wait_for(
-                    self.send_one(http, message), max(0.1, end - time.monotonic())
-                )
+                outcome = await asyncio.wait_for(self.send_one(http, message), max(0.1, end - time.monotonic()))
             except TimeoutError:
                 break
             if outcome == "retry":
@@ -251,7 +247,7 @@ class Outbox:
         try:
             response = await http.post(message.path, json=body)
         except httpx.HTTPError as exc:
-            log.debug("POST %s failed: %s", message.path, exc.__class__.__name__)
+            self.last_problem = f"{exc.__class__.__name__} on POST {message.path}"
             return "retry"
         finally:
             self._in_flight = None
@@ -260,12 +256,10 @@ class Outbox:
             self.ack(message, drops)
             return "sent"
         if status >= 500 or status in RETRY_STATUSES:
-            log.debug("POST %s -> %d; will retry", message.path, status)
+            self.last_problem = f"POST {message.path} -> {status}: {_detail(response)[:200]}"
             return "retry"
         reason = _detail(response)
-        log.error(
-            "server rejected message %d to %s (%d): %s; set aside", message.id, message.path, status, reason
-        )
+        log.error("server rejected message %d to %s (%d): %s; set aside", message.id, message.path, status, reason)
         self.reject(message, status, reason)
         return "rejected"
 

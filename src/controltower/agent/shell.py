@@ -71,7 +71,6 @@ class AgentShell:
         self.settings = settings
         self.state_dir = state_dir
         self.plugins = plugins
-        self.requested_name = name
         self.labels = labels or []
         self.interval_s = interval_s or settings.agent_interval_s
         self.backoff_max_s = backoff_max_s
@@ -177,9 +176,7 @@ class AgentShell:
         if response is None:
             return False
         if response.status_code >= 400:
-            raise AgentSetupError(
-                f"the server refused the agent token ({response.status_code}): {_detail(response)}"
-            )
+            raise AgentSetupError(f"the server refused the agent token ({response.status_code}): {_detail(response)}")
         data = response.json()
         self.agent_id = int(data["id"])
         self.agent_name = str(data["name"])

@@ -83,11 +83,15 @@ class _Job:
 class Scheduler:
     """Runs registered jobs on their schedule while this process is the leader; never a job twice at once."""
 
-    def __init__(self, db: Database, *, lease_s: float = 15.0, tick_s: float = 0.25) -> None:
+    def __init__(
+        self, db: Database, *, lease_s: float = 15.0, tick_s: float = 0.25, holder: str | None = None
+    ) -> None:
+        """`holder` names this replica. A server gives one that outlives its process (host and bound port),
+        so a replica restarted after a crash takes its own lease back at once instead of waiting it out."""
         self.db = db
         self.lease_s = lease_s
         self.tick_s = tick_s
-        self.holder = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+        self.holder = holder or f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         self._jobs: dict[str, _Job] = {}
         self._leader = False
         self._leader_checked_at: float | None = None

@@ -1,6 +1,6 @@
 """Time series from any source (host metrics, device telemetry): writes, range queries, rollups, retention.
 
-Storage: `series` (one row per name + label set, with its newest sample), raw `samples` keyed by
+Storage: `series` (one row per name + label set; its newest sample in `series_latest`), raw `samples` keyed by
 (series_id, ts) — a second write of the same (series, ts) overwrites the value, so a resent batch is
 harmless — and rollup tables `samples_1m` / `samples_1h` built behind a watermark. A late sample (older
 than the watermark) moves the watermark back, so the next rollup recomputes the buckets it touched.
@@ -17,7 +17,7 @@ from sqlalchemy.orm import Session
 
 from controltower.config import Settings
 from controltower.core.db import Database
-from controltower.core.series_models import Rollup1h, Rollup1m, RollupState, SampleRow, Series
+from controltower.core.series_models import Rollup1h, Rollup1m, RollupState, SampleRow, Series, SeriesLatest
 from controltower.core.series_query import (
     AGGS,
     RESOLUTIONS,
@@ -28,7 +28,14 @@ from controltower.core.series_query import (
     run_query,
 )
 from controltower.core.series_rollup import delete_older, retention_chunks, rollup, series_ids
-from controltower.core.series_write import NAME_PATTERN, Sample, SeriesError, SeriesWriter, series_key
+from controltower.core.series_write import (
+    NAME_PATTERN,
+    RawSample,
+    Sample,
+    SeriesError,
+    SeriesWriter,
+    series_key,
+)
 
 if TYPE_CHECKING:
     from controltower.core.scheduler import Scheduler
@@ -39,6 +46,7 @@ __all__ = [
     "RESOLUTIONS",
     "Agg",
     "LatestSample",
+    "RawSample",
     "Resolution",
     "Rollup1h",
     "Rollup1m",
@@ -48,12 +56,17 @@ __all__ = [
     "Series",
     "SeriesError",
     "SeriesInfo",
+    "SeriesLatest",
     "SeriesResult",
     "SeriesStore",
     "series_key",
 ]
 
 DAY_S = 86400.0
+
+
+def _floor(ts: float, size: int) -> float:
+    return ts - ts % size
 
 
 class LatestSample(NamedTuple):
@@ -79,7 +92,7 @@ class SeriesStore:
         self.settings = settings
         self._writer = SeriesWriter()
 
-    def write(self, samples: Iterable[Sample], session: Session | None = None) -> int:
+    def write(self, samples: Iterable[Sample | RawSample], session: Session | None = None) -> int:
         """Store samples; all are validated before any is written. Returns how many were stored.
 
         With `session`, the write joins its transaction (the caller commits); otherwise it commits its own.
@@ -105,8 +118,9 @@ class SeriesStore:
     ) -> list[SeriesResult]:
         """Points of every series called `name` whose labels include `labels`, for start <= ts <= end.
 
-        `auto` reads raw samples for spans up to 6 h, 1-minute rollups up to 7 days, else 1-hour rollups,
-        and fills what a rollup does not cover yet from the finer data. Without `step`, a rollup bucket is
+        `auto` reads raw samples for spans up to 6 h, 1-minute rollups up to 7 days, else 1-hour rollups
+        (finer when `step` is smaller than, or not a multiple of, the rollup bucket), and fills what a
+        rollup does not cover yet from the finer data. Without `step`, a rollup bucket is
         one point at its start (valued by `agg`) and a raw sample is itself (`count` gives 1); with `step`,
         points are aggregated into step-aligned buckets (epoch multiples of `step`).
         """
@@ -117,8 +131,8 @@ class SeriesStore:
         self, name: str | None = None, labels: dict[str, str] | None = None, name_prefix: str | None = None
     ) -> list[LatestSample]:
         """The newest sample of each matching series, ordered by series key."""
-        stmt = select(Series.name, Series.labels, Series.last_ts, Series.last_value).where(
-            Series.last_ts.is_not(None)
+        stmt = select(Series.name, Series.labels, SeriesLatest.ts, SeriesLatest.value).join(
+            SeriesLatest, SeriesLatest.series_id == Series.id
         )
         stmt = self._filter(stmt, name, name_prefix).order_by(Series.key)
         with self.db.session() as session:
@@ -130,7 +144,9 @@ class SeriesStore:
     def list_series(
         self, name_prefix: str | None = None, labels: dict[str, str] | None = None, name: str | None = None
     ) -> list[SeriesInfo]:
-        stmt = select(Series.name, Series.labels, Series.key, Series.last_ts, Series.last_value)
+        stmt = select(Series.name, Series.labels, Series.key, SeriesLatest.ts, SeriesLatest.value).outerjoin(
+            SeriesLatest, SeriesLatest.series_id == Series.id
+        )
         stmt = self._filter(stmt, name, name_prefix).order_by(Series.key)
         with self.db.session() as session:
             rows = session.execute(stmt).all()
@@ -161,9 +177,11 @@ class SeriesStore:
         """
         now = time.time() if now is None else now
         s = self.settings
+        # Cutoffs fall on bucket boundaries of the next coarser table, so a bucket recomputed after
+        # retention (for a late sample) has either all of its finer data or none, never a part.
         cutoffs = {
-            "raw": ("samples", now - s.raw_retention_days * DAY_S),
-            "1m": ("samples_1m", now - s.minute_retention_days * DAY_S),
+            "raw": ("samples", _floor(now - s.raw_retention_days * DAY_S, 60)),
+            "1m": ("samples_1m", _floor(now - s.minute_retention_days * DAY_S, 3600)),
             "1h": ("samples_1h", now - s.hour_retention_days * DAY_S),
         }
         deleted = dict.fromkeys(cutoffs, 0)
@@ -178,5 +196,5 @@ class SeriesStore:
 
     def register_jobs(self, scheduler: Scheduler) -> None:
         """Roll up every 30 s and apply retention every hour."""
-        scheduler.every("series.rollup", 30.0, self.rollup)
+        scheduler.every("series.rollup", 30.0, self.rollup, run_at_start=True)  # catch up after a restart
         scheduler.every("series.retention", 3600.0, self.apply_retention)

@@ -12,7 +12,7 @@ from controltower.core.db import Base, UtcDateTime, utcnow
 
 
 class Series(Base):
-    """A labelled series: `key` is the canonical `name{k="v",...}`; `last_*` is its newest sample."""
+    """A labelled series: `key` is the canonical `name{k="v",...}` (labels sorted)."""
 
     __tablename__ = "series"
 
@@ -21,8 +21,20 @@ class Series(Base):
     labels: Mapped[dict[str, str]] = mapped_column(JSON, default=dict)
     key: Mapped[str] = mapped_column(String(2048), unique=True)
     created_at: Mapped[dt.datetime] = mapped_column(UtcDateTime, default=utcnow)
-    last_ts: Mapped[float | None] = mapped_column()
-    last_value: Mapped[float | None] = mapped_column()
+
+
+class SeriesLatest(Base):
+    """The newest sample of each series, upserted once per series per batch.
+
+    A narrow table of its own: updating it dirties far fewer pages than rewriting wide `series` rows."""
+
+    __tablename__ = "series_latest"
+
+    series_id: Mapped[int] = mapped_column(
+        ForeignKey("series.id", ondelete="CASCADE"), primary_key=True, autoincrement=False
+    )
+    ts: Mapped[float] = mapped_column()
+    value: Mapped[float] = mapped_column()
 
 
 class SampleRow(Base):

@@ -44,13 +44,14 @@ def labels_match(labels: dict[str, str], wanted: dict[str, str] | None) -> bool:
     return all(labels.get(k) == v for k, v in wanted.items())
 
 
-def auto_level(start: float, end: float) -> int:
+def auto_level(start: float, end: float, step: float | None = None) -> int:
+    """0 raw, 1 minutes, 2 hours: by the span, but never coarser than `step` or misaligned with it."""
     span = end - start
-    if span <= RAW_MAX_SPAN_S:
-        return 0
-    if span <= MINUTE_MAX_SPAN_S:
-        return 1
-    return 2
+    level = 0 if span <= RAW_MAX_SPAN_S else 1 if span <= MINUTE_MAX_SPAN_S else 2
+    if step is not None:
+        while level > 0 and (_LEVELS[level][2] > step or step % _LEVELS[level][2]):
+            level -= 1
+    return level
 
 
 def watermarks(conn: Connection) -> dict[str, float]:
@@ -170,7 +171,7 @@ def run_query(
     ids = [sid for sid, _n, _l in matched]
     b = math.nextafter(end, math.inf)  # inclusive end as a half-open range
     if resolution == "auto":
-        segments = _segments(auto_level(start, end), start, b, watermarks(conn))
+        segments = _segments(auto_level(start, end, step), start, b, watermarks(conn))
     else:
         segments = [(("raw", "1m", "1h").index(resolution), start, b)]
     partials: dict[int, list[_Partial]] = {sid: [] for sid in ids}

@@ -30,10 +30,13 @@ def _bucket_sql(dialect: str, size: int) -> str:
 
 
 def _aggregate(conn: Connection, resolution: str, a: float, b: float) -> int:
-    """Recompute every bucket of `resolution` in [a, b) from the finer table (delete, then insert-select)."""
+    """Recompute the buckets of `resolution` in [a, b) that have finer data, replacing what they held.
+
+    An upsert, not delete-and-insert: a bucket whose finer data retention already removed is kept.
+    (`WHERE true` keeps SQLite from reading ON CONFLICT as part of the join.)"""
     table, size, source, (n, s, lo, hi), last_col = _PLANS[resolution]
-    active = "series_id IN (SELECT id FROM series WHERE last_ts >= :a)"
-    conn.execute(text(f"DELETE FROM {table} WHERE {active} AND ts >= :a AND ts < :b"), {"a": a, "b": b})
+    # Only series written since `a` can have rows in [a, b): one primary-key range scan per such series.
+    active = "series_id IN (SELECT series_id FROM series_latest WHERE ts >= :a)"
     bucket = _bucket_sql(conn.dialect.name, size)
     result = conn.execute(
         text(
@@ -43,7 +46,9 @@ def _aggregate(conn: Connection, resolution: str, a: float, b: float) -> int:
             f"         max(ts) AS newest"
             f"  FROM {source} WHERE {active} AND ts >= :a AND ts < :b"
             f"  GROUP BY series_id, {bucket}"
-            f") g JOIN {source} x ON x.series_id = g.series_id AND x.ts = g.newest"
+            f") g JOIN {source} x ON x.series_id = g.series_id AND x.ts = g.newest WHERE true "
+            "ON CONFLICT (series_id, ts) DO UPDATE SET count = excluded.count, sum = excluded.sum, "
+            "min = excluded.min, max = excluded.max, last = excluded.last"
         ),
         {"a": a, "b": b},
     )

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import math
 import re
-import threading
 from collections.abc import Iterable
 from typing import Any, NamedTuple
 
@@ -31,6 +30,9 @@ class Sample(NamedTuple):
     labels: dict[str, str]
     ts: float
     value: float
+
+
+RawSample = tuple[str, dict[str, str] | None, float, float]  # what write() unpacks; a Sample is one
 
 
 class SeriesError(ValueError):
@@ -90,7 +92,7 @@ def _number(value: Any, field: str) -> float:
 
 class _Prepared(NamedTuple):
     keys: list[str]  # distinct series keys in this batch
-    meta: list[tuple[str, dict[str, str]]]  # (name, labels) per distinct key
+    meta: dict[int, tuple[str, dict[str, str]]]  # (name, labels) of the keys not yet in the id cache
     slots: list[int]  # per sample: index into keys
     ts: list[float]
     values: list[float]
@@ -101,22 +103,17 @@ class SeriesWriter:
 
     def __init__(self) -> None:
         self._ids: dict[str, int] = {}
-        self._keys: dict[tuple[str, tuple[tuple[str, str], ...]], str] = {}  # (name, label items) -> key
-        self._lock = threading.Lock()
-
-    def forget(self) -> None:
-        """Drop the caches (after series rows were deleted)."""
-        self._ids.clear()
-        self._keys.clear()
+        self._keys: dict[tuple[str, ...], str] = {}  # (name, *label keys, *label values) -> key
 
     # -- validation (no database)
 
-    def prepare(self, samples: Iterable[Sample]) -> _Prepared:
+    def prepare(self, samples: Iterable[Sample | RawSample]) -> _Prepared:
         """Validate every sample before anything is written; raise SeriesError naming the first bad field."""
         known = self._keys
+        cached = self._ids  # only grows, so a key cached now is still cached when the batch is stored
         slot_of: dict[str, int] = {}
         keys: list[str] = []
-        meta: list[tuple[str, dict[str, str]]] = []
+        meta: dict[int, tuple[str, dict[str, str]]] = {}
         slots: list[int] = []
         tss: list[float] = []
         values: list[float] = []
@@ -127,7 +124,7 @@ class SeriesWriter:
             except (TypeError, ValueError):
                 raise SeriesError(f"samples.{i}", "expected (name, labels, ts, value)") from None
             try:
-                ident = (name, tuple(labels.items()) if labels else ())
+                ident = (name, *labels, *labels.values()) if labels else (name,)
                 key = known.get(ident)
             except (AttributeError, TypeError):  # labels not a dict, or unhashable parts
                 ident, key = None, None
@@ -145,7 +142,8 @@ class SeriesWriter:
             if slot is None:
                 slot = slot_of[key] = len(keys)
                 keys.append(key)
-                meta.append((name, dict(labels) if labels else {}))
+                if key not in cached:
+                    meta[slot] = (name, labels or {})
             if type(ts) is not float:
                 ts = _number(ts, f"samples.{i}.ts")
             if not 0.0 <= ts < MAX_TS:
@@ -173,12 +171,15 @@ class SeriesWriter:
             written = self._store_postgres(conn, batch, ids, newest)
         else:
             written = self._store_sqlite(conn, batch, ids, newest)
-        # Data older than the 1-minute watermark invalidates rolled-up buckets: move the watermark back.
+        # Data behind a rollup watermark makes rolled-up buckets stale: move the watermarks back, so
+        # queries read finer data there and the next rollup recomputes those buckets.
         first = min(batch.ts)
-        bucket = first - first % 60
         conn.execute(
-            text("UPDATE series_rollup_state SET watermark = :b WHERE resolution = '1m' AND watermark > :b"),
-            {"b": bucket},
+            text(
+                "UPDATE series_rollup_state SET watermark = CASE resolution WHEN '1m' THEN :m ELSE :h END "
+                "WHERE (resolution = '1m' AND watermark > :m) OR (resolution = '1h' AND watermark > :h)"
+            ),
+            {"m": first - first % 60, "h": first - first % 3600},
         )
         return written
 
@@ -193,8 +194,9 @@ class SeriesWriter:
             rows,
         )
         conn.exec_driver_sql(
-            "UPDATE series SET last_ts = ?1, last_value = ?2 "
-            "WHERE id = ?3 AND (last_ts IS NULL OR last_ts <= ?1)",
+            "INSERT INTO series_latest (series_id, ts, value) VALUES (?3, ?1, ?2) "
+            "ON CONFLICT (series_id) DO UPDATE SET ts = excluded.ts, value = excluded.value "
+            "WHERE excluded.ts >= series_latest.ts",
             newest,
         )
         return len(rows)
@@ -214,9 +216,10 @@ class SeriesWriter:
             {"sid": [k[0] for k in rows], "ts": [k[1] for k in rows], "v": list(rows.values())},
         )
         conn.exec_driver_sql(
-            "UPDATE series SET last_ts = u.ts, last_value = u.v "
-            "FROM unnest(%(ts)s::float8[], %(v)s::float8[], %(sid)s::integer[]) AS u(ts, v, sid) "
-            "WHERE series.id = u.sid AND (series.last_ts IS NULL OR series.last_ts <= u.ts)",
+            "INSERT INTO series_latest (series_id, ts, value) "
+            "SELECT * FROM unnest(%(sid)s::integer[], %(ts)s::float8[], %(v)s::float8[]) "
+            "ON CONFLICT (series_id) DO UPDATE SET ts = excluded.ts, value = excluded.value "
+            "WHERE excluded.ts >= series_latest.ts",
             {"ts": [r[0] for r in newest], "v": [r[1] for r in newest], "sid": [r[2] for r in newest]},
         )
         return len(batch.slots)
@@ -268,9 +271,8 @@ class SeriesWriter:
         pending: dict[str, int] | None = info.get("ct_series_pending")
         if pending is None:
             pending = info["ct_series_pending"] = {}
-            with self._lock:
-                event.listen(session, "after_commit", self._on_commit)
-                event.listen(session, "after_rollback", self._on_rollback)
+            event.listen(session, "after_commit", self._on_commit)
+            event.listen(session, "after_rollback", self._on_rollback)
         pending.update(found)
 
     def _on_commit(self, session: Session) -> None:

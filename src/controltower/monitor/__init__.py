@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
-from controltower.core.context import Context
-from controltower.monitor import models  # noqa: F401  (registers the tables)
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from controltower.core.context import Context
+
+# Nothing is imported at package level: the agent loads `monitor.collector` and must stay small.
 
 
 def setup(ctx: Context) -> None:

@@ -12,7 +12,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import select
+from sqlalchemy import delete, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -50,7 +50,7 @@ DELIVERY_INTERVAL_S = 1.0
 STALE_FACTOR = 3.0  # a sample older than this many usual intervals is missing data
 MIN_STALE_S = 30.0  # never call data stale sooner (push batching, evaluation jitter)
 FALLBACK_STALE_S = 300.0  # when the usual interval cannot be told (a single sample)
-_INTERVAL_LOOKBACK_S = 3600.0
+_INTERVAL_LOOKBACKS_S = (3600.0, 86400.0)
 _INTERVAL_CACHE_S = 600.0
 
 DEFAULT_RULES: tuple[dict[str, str], ...] = (
@@ -126,17 +126,13 @@ def build_condition(fields: Mapping[str, Any], base: Condition | None = None) ->
         if base is None:
             for key in ("metric", "op", "threshold"):
                 if fields.get(key) is None:
-                    raise RuleError(
-                        key, "required unless expr is given (e.g. 'host.cpu.percent > 90 for 5m')"
-                    )
+                    raise RuleError(key, "required unless expr is given (e.g. 'host.cpu.percent > 90 for 5m')")
             base = Condition(metric="", op=">", threshold=0.0)
         cond = Condition(
             metric=check_metric(fields["metric"]) if fields.get("metric") is not None else base.metric,
             labels=check_labels(fields["labels"]) if fields.get("labels") is not None else dict(base.labels),
             op=check_op(fields["op"]) if fields.get("op") is not None else base.op,
-            threshold=check_threshold(fields["threshold"])
-            if fields.get("threshold") is not None
-            else base.threshold,
+            threshold=check_threshold(fields["threshold"]) if fields.get("threshold") is not None else base.threshold,
             for_s=parse_duration(for_s, "for_s") if for_s is not None else base.for_s,
         )
     if "recovery_threshold" in fields:
@@ -207,9 +203,7 @@ def update_rule(
         rule.severity = check_severity(changes["severity"])
     if "description" in changes and changes["description"] is not None:
         rule.description = changes["description"]
-    cond_fields = {
-        k: v for k, v in changes.items() if k in ("expr", "for_s", "recovery_threshold", *_STRUCTURAL)
-    }
+    cond_fields = {k: v for k, v in changes.items() if k in ("expr", "for_s", "recovery_threshold", *_STRUCTURAL)}
     if cond_fields:
         old = rule_condition(rule)
         cond = build_condition(cond_fields, base=old)
@@ -232,9 +226,7 @@ def update_rule(
 def delete_rule(session: Session, name: str) -> None:
     rule = get_rule(session, name)
     if rule.builtin:
-        raise Conflict(
-            f"rule {name!r} is builtin and comes back at start; disable it instead (PATCH enabled=false)"
-        )
+        raise Conflict(f"rule {name!r} is builtin and comes back at start; disable it instead (PATCH enabled=false)")
     session.delete(rule)
     session.flush()
 
@@ -255,15 +247,11 @@ def ensure_default_rules(session: Session) -> list[str]:
 
 def active_silences(session: Session, now: dt.datetime) -> list[Silence]:
     return list(
-        session.scalars(
-            select(Silence).where(Silence.starts_at <= now, Silence.ends_at > now).order_by(Silence.id)
-        )
+        session.scalars(select(Silence).where(Silence.starts_at <= now, Silence.ends_at > now).order_by(Silence.id))
     )
 
 
-def matching_silence(
-    silences: Iterable[Silence], rule_name: str, labels: Mapping[str, str]
-) -> Silence | None:
+def matching_silence(silences: Iterable[Silence], rule_name: str, labels: Mapping[str, str]) -> Silence | None:
     for silence in silences:
         if silence.rule_name is not None and silence.rule_name != rule_name:
             continue
@@ -305,9 +293,7 @@ def create_silence(
     return silence
 
 
-def list_silences(
-    session: Session, *, include_expired: bool = False, now: dt.datetime | None = None
-) -> list[Silence]:
+def list_silences(session: Session, *, include_expired: bool = False, now: dt.datetime | None = None) -> list[Silence]:
     query = select(Silence).order_by(Silence.id)
     if not include_expired:
         query = query.where(Silence.ends_at > (now or utcnow()))
@@ -358,15 +344,11 @@ def ack_alert(
     """Acknowledge an open alert (again is a no-op that keeps the first ack)."""
     alert, rule = get_alert(session, alert_id)
     if alert.state not in OPEN_STATES:
-        raise Conflict(
-            f"alert {alert_id} is {alert.state}; only pending or firing alerts can be acknowledged"
-        )
+        raise Conflict(f"alert {alert_id} is {alert.state}; only pending or firing alerts can be acknowledged")
     if alert.acked_at is None:
         alert.acked_at = now or utcnow()
         alert.acked_by = by
-        events.publish(
-            "monitor.alert.acked", {**_event_payload(alert, rule), "acked_by": by}, session=session
-        )
+        events.publish("monitor.alert.acked", {**_event_payload(alert, rule), "acked_by": by}, session=session)
     return alert, rule
 
 
@@ -426,9 +408,7 @@ def _transition(
     session.flush()
     events.publish(f"monitor.alert.{state}", _event_payload(alert, rule), session=session)
     if alert.silenced:
-        log.info(
-            "alert %s (%s %s) is %s; silenced, no notification", alert.id, rule.name, alert.labels, state
-        )
+        log.info("alert %s (%s %s) is %s; silenced, no notification", alert.id, rule.name, alert.labels, state)
         return 0
     return enqueue(session, alert, rule, state, server_name, now)
 
@@ -541,11 +521,12 @@ class AlertEngine:
         if cached is not None and abs(now - cached[0]) < _INTERVAL_CACHE_S:
             return cached[1]
         points: list[float] = []
-        for result in self.series.query(
-            name, labels, ts - _INTERVAL_LOOKBACK_S, ts, None, "last", resolution="raw"
-        ):
-            if dict(result.labels or {}) == labels:
-                points = sorted(_epoch(p[0]) for p in result.points)
+        for lookback in _INTERVAL_LOOKBACKS_S:  # a wider window only for a sparse series
+            for result in self.series.query(name, labels, ts - lookback, ts, None, "last", resolution="raw"):
+                if dict(result.labels or {}) == labels:
+                    points = sorted(_epoch(p[0]) for p in result.points)
+            if len(points) >= 2:
+                break
         gaps = [b - a for a, b in itertools.pairwise(points[-6:]) if b > a]
         interval = statistics.median(gaps) if gaps else None
         if len(self._intervals) > 50_000:
@@ -568,9 +549,7 @@ class AlertEngine:
         cond = view.cond
         open_alerts = {
             a.fingerprint: a
-            for a in session.scalars(
-                select(Alert).where(Alert.rule_id == rule.id, Alert.state.in_(OPEN_STATES))
-            )
+            for a in session.scalars(select(Alert).where(Alert.rule_id == rule.id, Alert.state.in_(OPEN_STATES)))
         }
         for ob in seen:
             report.series += 1
@@ -614,21 +593,26 @@ class AlertEngine:
                     report.notifications += self._fire(session, alert, rule, silences, now)
                     report.firing += 1
             elif cond.recovered(ob.value):
-                alert.summary = summarize(
-                    cond.metric, ob.labels, ob.value, cond.op, cond.threshold, cond.for_s
-                )
+                alert.summary = summarize(cond.metric, ob.labels, ob.value, cond.op, cond.threshold, cond.for_s)
                 report.notifications += _transition(
                     session, self.events, alert, rule, "resolved", silences, self.server_name, now
                 )
                 open_alerts.pop(fp)
                 report.resolved += 1
 
-    def _fire(
-        self, session: Session, alert: Alert, rule: AlertRule, silences: list[Silence], now: dt.datetime
-    ) -> int:
+    def _fire(self, session: Session, alert: Alert, rule: AlertRule, silences: list[Silence], now: dt.datetime) -> int:
         cond = rule_condition(rule)
         alert.summary = summarize(cond.metric, alert.labels, alert.value, cond.op, cond.threshold, cond.for_s)
         return _transition(session, self.events, alert, rule, "firing", silences, self.server_name, now)
+
+
+def prune(session: Session, older_than: dt.datetime) -> dict[str, int]:
+    """Delete alerts resolved, and silences ended, before `older_than` (notifications go with their alert)."""
+    alerts_gone = session.execute(
+        delete(Alert).where(Alert.state == "resolved", Alert.resolved_at < older_than)
+    ).rowcount
+    silences_gone = session.execute(delete(Silence).where(Silence.ends_at < older_than)).rowcount
+    return {"alerts": int(alerts_gone or 0), "silences": int(silences_gone or 0)}
 
 
 # -- webhooks ---------------------------------------------------------------------------------------
@@ -684,6 +668,13 @@ def setup(ctx: Context) -> None:
     ctx.include_router(alerts_api.router)
     ctx.scheduler.every("monitor.alerts.evaluate", EVAL_INTERVAL_S, engine.evaluate, run_at_start=True)
     ctx.scheduler.every("monitor.alerts.deliver", DELIVERY_INTERVAL_S, notifier.deliver_due)
+
+    def prune_old() -> None:
+        horizon = utcnow() - dt.timedelta(days=ctx.settings.event_retention_days)
+        with ctx.db.session() as session:
+            prune(session, horizon)
+
+    ctx.scheduler.every("monitor.alerts.prune", 3600.0, prune_old)
 
     async def default_rules() -> None:
         def create() -> None:

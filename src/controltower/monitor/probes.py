@@ -127,22 +127,30 @@ def format_status_spec(ranges: list[tuple[int, int]]) -> str:
 
 
 class HttpClients:
-    """Shared connection pools for HTTP probes, one verifying TLS and one not; open inside a running loop."""
+    """Shared connection pools for HTTP probes, opened lazily inside the running loop.
 
-    def __init__(self, max_connections: int = 500) -> None:
-        limits = httpx.Limits(max_connections=max_connections, max_keepalive_connections=max_connections)
-        self._clients = {
-            verify: httpx.AsyncClient(
-                verify=verify, limits=limits, headers={"User-Agent": "controltower-check"}
-            )
-            for verify in (True, False)
-        }
+    Many small pools, not one big one: httpx's pool scans its connections for every request, so one pool
+    with hundreds of busy connections collapses under load, while 64 pools of 8 keep up (`key` picks one,
+    so a check keeps reusing its own keep-alive connection).
+    """
 
-    def get(self, verify: bool) -> httpx.AsyncClient:
-        return self._clients[verify]
+    def __init__(self, max_connections: int = 512, shards: int = 64) -> None:
+        self.shards = max(1, shards)
+        per_shard = max(1, max_connections // self.shards)
+        self._limits = httpx.Limits(max_connections=per_shard, max_keepalive_connections=per_shard)
+        self._clients: dict[tuple[bool, int], httpx.AsyncClient] = {}
+
+    def get(self, verify: bool, key: int = 0) -> httpx.AsyncClient:
+        slot = (verify, key % self.shards)
+        client = self._clients.get(slot)
+        if client is None:
+            client = httpx.AsyncClient(verify=verify, limits=self._limits, headers={"User-Agent": "controltower-check"})
+            self._clients[slot] = client
+        return client
 
     async def aclose(self) -> None:
-        for client in self._clients.values():
+        clients, self._clients = list(self._clients.values()), {}
+        for client in clients:
             with contextlib.suppress(Exception):
                 await client.aclose()
 
@@ -309,21 +317,17 @@ async def probe_dns(
     except dns.exception.DNSException as exc:
         return ProbeResult(False, None, f"resolving {name} {record_type} failed: {_describe(exc)}")
     latency = _ms(start)
-    answers = [_rdata_text(rdata) for rdata in answer]
+    answers = sorted(_rdata_text(rdata) for rdata in answer)
     detail: dict[str, Any] = {"answers": answers, "record_type": record_type}
     if expect is not None and _norm(expect) not in {_norm(a) for a in answers}:
-        return ProbeResult(
-            False, latency, f"expected {expect!r} in the answer, got {', '.join(answers)}", detail
-        )
+        return ProbeResult(False, latency, f"expected {expect!r} in the answer, got {', '.join(answers)}", detail)
     return ProbeResult(True, latency, None, detail)
 
 
 # -- TLS certificate expiry -----------------------------------------------------------------------
 
 
-async def _peer_certificate(
-    host: str, port: int, timeout: float, verify: bool, server_name: str | None
-) -> bytes:
+async def _peer_certificate(host: str, port: int, timeout: float, verify: bool, server_name: str | None) -> bytes:
     context = ssl.create_default_context()
     if not verify:
         context.check_hostname = False
@@ -381,9 +385,7 @@ async def probe_tls(
     detail = _certificate_detail(der)
     days_left = detail["days_left"]
     if days_left < 0:
-        return ProbeResult(
-            False, latency, f"certificate of {where} expired {-days_left:.1f} days ago", detail
-        )
+        return ProbeResult(False, latency, f"certificate of {where} expired {-days_left:.1f} days ago", detail)
     if days_left < min_days:
         error = f"certificate of {where} expires in {days_left:.1f} days (< min_days {min_days:g})"
         return ProbeResult(False, latency, error, detail)
@@ -394,7 +396,7 @@ async def probe_tls(
 
 
 def _probe_call(
-    check_type: str, target: str, params: dict[str, Any], timeout: float, http: HttpClients | None
+    check_type: str, target: str, params: dict[str, Any], timeout: float, http: HttpClients | None, key: int
 ) -> Awaitable[ProbeResult]:
     if check_type == "http":
         verify = bool(params.get("verify", True))
@@ -405,7 +407,7 @@ def _probe_call(
             keyword=params.get("keyword"),
             follow_redirects=bool(params.get("follow_redirects", True)),
             verify=verify,
-            client=http.get(verify) if http is not None else None,
+            client=http.get(verify, key) if http is not None else None,
         )
     if check_type == "tcp":
         host, port = parse_host_port(target)
@@ -434,12 +436,20 @@ def _probe_call(
 
 
 async def run_probe(
-    check_type: str, target: str, params: dict[str, Any], timeout: float, http: HttpClients | None = None
+    check_type: str,
+    target: str,
+    params: dict[str, Any],
+    timeout: float,
+    http: HttpClients | None = None,
+    key: int = 0,
 ) -> ProbeResult:
-    """Run the probe for `check_type`; any failure, even an unexpected one, is a failed ProbeResult."""
+    """Run the probe for `check_type`; any failure, even an unexpected one, is a failed ProbeResult.
+
+    `http` shares connection pools between HTTP probes; `key` (e.g. the check id) picks one of them.
+    """
     try:
         async with asyncio.timeout(timeout + 2.0):
-            return await _probe_call(check_type, target, params, timeout, http)
+            return await _probe_call(check_type, target, params, timeout, http, key)
     except TimeoutError:
         return ProbeResult(False, None, f"{check_type} probe of {target} gave no result within {timeout:g}s")
     except Exception as exc:

@@ -6,33 +6,38 @@ import asyncio
 import datetime as dt
 import re
 import time
-from typing import Annotated, Any
+from collections.abc import Iterator
+from typing import Annotated, Any, NotRequired
 
 from fastapi import APIRouter, Depends, Query, Request
 from fastapi.exceptions import RequestValidationError
 from pydantic import BaseModel, Field, TypeAdapter, ValidationError
+from typing_extensions import TypedDict  # pydantic needs this one on Python < 3.12
 
 from controltower.core.auth import Principal, Role, Viewer, require
 from controltower.core.deps import CtxDep, SessionDep
-from controltower.core.series import Agg, Resolution, Sample, SeriesError
+from controltower.core.series import Agg, RawSample, Resolution, SeriesError
 
 router = APIRouter(tags=["series"])
 
 Writer = Annotated[Principal, require(Role.operator, Role.agent)]
 
-_OFFLOAD_BYTES = 256 * 1024 * 1024  # parse bodies larger than this in a worker thread, off the event loop
+_OFFLOAD_BYTES = 1024 * 1024  # parse bodies larger than this in a worker thread, off the event loop
 _UNITS = {"s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, "w": 604800.0}
 _DURATION = re.compile(r"(\d+(?:\.\d+)?)\s*([smhdw]?)\Z")
 
 
-class SampleIn(BaseModel):
-    name: str = Field(description="Series name, matching [a-zA-Z_][a-zA-Z0-9_.:]*")
-    labels: dict[str, str] = Field(default_factory=dict, description="Label keys match the name pattern")
-    ts: float | None = Field(None, description="Epoch seconds; default: when the server receives it")
+# A TypedDict rather than a model: validating a batch this way is about twice as fast.
+class SampleIn(TypedDict):
+    """One sample of one series."""
+
+    name: Annotated[str, Field(description="Series name, matching [a-zA-Z_][a-zA-Z0-9_.:]*")]
+    labels: NotRequired[Annotated[dict[str, str], Field(description="Label keys match the name pattern")]]
+    ts: NotRequired[Annotated[float, Field(description="Epoch seconds; default: when the server receives it")]]
     value: float
 
 
-class SeriesWrite(BaseModel):
+class SeriesWrite(TypedDict):
     samples: list[SampleIn]
 
 
@@ -71,6 +76,7 @@ class QueryResult(BaseModel):
 
 
 _BODY = TypeAdapter(SeriesWrite)
+_SAMPLE_SCHEMA = TypeAdapter(SampleIn).json_schema()
 
 
 def _invalid(field: str, reason: str, where: str = "query") -> RequestValidationError:
@@ -78,21 +84,22 @@ def _invalid(field: str, reason: str, where: str = "query") -> RequestValidation
     return RequestValidationError([{"loc": loc, "msg": reason, "type": "value_error"}])
 
 
-def _parse_body(body: bytes) -> list[Sample]:
+def _parse_body(body: bytes) -> list[SampleIn]:
     try:
-        payload = _BODY.validate_json(body)
+        return _BODY.validate_json(body)["samples"]
     except ValidationError as exc:
         raise RequestValidationError(
             [{"loc": ("body", *err["loc"]), "msg": err["msg"], "type": err["type"]} for err in exc.errors()]
         ) from None
-    now = time.time()
-    return [
-        Sample(s.name, s.labels, now if s.ts is None else s.ts, s.value)  # type: ignore[arg-type]
-        for s in payload.samples
-    ]
 
 
-async def read_samples(request: Request) -> list[Sample]:
+def as_samples(samples: list[SampleIn], now: float) -> Iterator[RawSample]:
+    """(name, labels, ts, value) tuples made one at a time as the store consumes them: a 100k-sample
+    batch then leaves no second copy of itself for the garbage collector to walk."""
+    return ((s["name"], s.get("labels"), s.get("ts", now), s["value"]) for s in samples)
+
+
+async def read_samples(request: Request) -> list[SampleIn]:
     """The request body parsed straight from bytes (pydantic-core JSON), skipping the generic body path."""
     body = await request.body()
     if len(body) > _OFFLOAD_BYTES:
@@ -165,7 +172,7 @@ LabelQuery = Annotated[
                     "schema": {
                         "type": "object",
                         "required": ["samples"],
-                        "properties": {"samples": {"type": "array", "items": SampleIn.model_json_schema()}},
+                        "properties": {"samples": {"type": "array", "items": _SAMPLE_SCHEMA}},
                     }
                 }
             },
@@ -176,11 +183,11 @@ def write_series(
     _principal: Writer,
     ctx: CtxDep,
     session: SessionDep,
-    samples: Annotated[list[Sample], Depends(read_samples)],
+    samples: Annotated[list[SampleIn], Depends(read_samples)],
 ) -> dict[str, int]:
     """Store a batch of samples. All are checked first: one bad sample rejects the batch (422 names it)."""
     try:
-        written = ctx.series.write(samples, session)
+        written = ctx.series.write(as_samples(samples, time.time()), session)
     except SeriesError as exc:
         raise _invalid(exc.field, exc.reason, "body") from None
     session.commit()

@@ -2,7 +2,7 @@
 
 Revision ID: 0001
 Revises: 
-Create Date: 2026-11-24 23:12:32.575339
+Create Date: 2026-11-24 23:35:57.698023
 """
 
 from collections.abc import Sequence
@@ -127,8 +127,6 @@ def upgrade() -> None:
     sa.Column('labels', sa.JSON(), nullable=False),
     sa.Column('key', sa.String(length=2048), nullable=False),
     sa.Column('created_at', controltower.core.db.UtcDateTime(timezone=True), nullable=False),
-    sa.Column('last_ts', sa.Double(), nullable=True),
-    sa.Column('last_value', sa.Double(), nullable=True),
     sa.PrimaryKeyConstraint('id', name=op.f('pk_series')),
     sa.UniqueConstraint('key', name=op.f('uq_series_key'))
     )
@@ -289,6 +287,13 @@ def upgrade() -> None:
     sa.PrimaryKeyConstraint('series_id', 'ts', name=op.f('pk_samples_1m')),
     sqlite_with_rowid=False
     )
+    op.create_table('series_latest',
+    sa.Column('series_id', sa.Integer(), autoincrement=False, nullable=False),
+    sa.Column('ts', sa.Double(), nullable=False),
+    sa.Column('value', sa.Double(), nullable=False),
+    sa.ForeignKeyConstraint(['series_id'], ['series.id'], name=op.f('fk_series_latest_series_id_series'), ondelete='CASCADE'),
+    sa.PrimaryKeyConstraint('series_id', name=op.f('pk_series_latest'))
+    )
     op.create_table('monitor_notifications',
     sa.Column('id', sa.Integer(), nullable=False),
     sa.Column('webhook_id', sa.Integer(), nullable=False),
@@ -318,6 +323,7 @@ def downgrade() -> None:
         batch_op.drop_index('ix_monitor_notifications_due')
 
     op.drop_table('monitor_notifications')
+    op.drop_table('series_latest')
     op.drop_table('samples_1m')
     op.drop_table('samples_1h')
     op.drop_table('samples')
