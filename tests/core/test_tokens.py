@@ -49,12 +49,13 @@ def test_viewer_reads_but_cannot_write(server) -> None:
 def test_revoked_token_stops_working_and_bad_role_is_refused(server) -> None:
     with server.client() as admin:
         issued = admin.post("tokens", {"name": "script", "role": "operator"})
-        assert httpx.get(server.url + "/api/v1/info", headers={"Authorization": f"Bearer {issued['token']}"}).status_code == 200
+        as_script = {"Authorization": f"Bearer {issued['token']}"}
+        assert httpx.get(server.url + "/api/v1/info", headers=as_script).status_code == 200
         admin.delete(f"tokens/{issued['id']}")
         bad = httpx.post(server.url + "/api/v1/tokens", json={"name": "d", "role": "device"},
                          headers={"Authorization": f"Bearer {server.token}"})
         listed = admin.get("tokens")
-    assert httpx.get(server.url + "/api/v1/info", headers={"Authorization": f"Bearer {issued['token']}"}).status_code == 401
+    assert httpx.get(server.url + "/api/v1/info", headers=as_script).status_code == 401
     assert bad.status_code == 422 and "role" in bad.text
     assert all(issued["token"] not in str(row) for row in listed)
 

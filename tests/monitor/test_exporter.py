@@ -11,7 +11,7 @@ from controltower.core.agents import register_agent
 from controltower.core.series import Sample
 from controltower.monitor import exporter, hosts
 from controltower.monitor.models import Check
-from controltower.monitor.schemas import MetricsPush
+from controltower.monitor.schemas import METRICS_PUSH
 from tests.monitor.check_targets import HttpTarget, enrol_agent, make_ctx
 from tests.support import wait_for
 
@@ -44,7 +44,7 @@ def test_collector_exports_hosts_and_checks(db, tmp_path):
                 Check(name="new", type="tcp", target="x:2", state="unknown", params={}),
             ]
         )
-    push = MetricsPush.model_validate(
+    push = METRICS_PUSH.validate_python(
         {
             "ts": now,
             "samples": [

@@ -14,7 +14,7 @@ from controltower.core.agents import register_agent
 from controltower.core.events import recent
 from controltower.monitor import hosts
 from controltower.monitor.models import Host
-from controltower.monitor.schemas import MetricsPush
+from controltower.monitor.schemas import METRICS_PUSH, MetricsPush
 from tests.monitor.check_targets import enrol_agent, make_ctx
 from tests.support import start_server, wait_for
 
@@ -36,7 +36,7 @@ def test_ingest_forces_the_host_label_and_counts(db, tmp_path):
     ctx = make_ctx(db, tmp_path)
     with db.session() as session:
         agent = register_agent(session, name="web1", facts={}, labels=[], capacity=1, version=None)
-    push = MetricsPush.model_validate(_samples(time.time()))
+    push = METRICS_PUSH.validate_python(_samples(time.time()))
     for _ in range(2):
         with db.session() as session:
             host, stored = hosts.ingest_metrics(ctx, session, agent.id, push)
@@ -163,7 +163,7 @@ def test_host_row_reappears_when_a_deleted_host_pushes_again(db, tmp_path):
     ctx = make_ctx(db, tmp_path)
     with db.session() as session:
         agent = register_agent(session, name="web1", facts={}, labels=[], capacity=1, version=None)
-    push = MetricsPush.model_validate(_samples(time.time()))
+    push = METRICS_PUSH.validate_python(_samples(time.time()))
     with db.session() as session:
         hosts.ingest_metrics(ctx, session, agent.id, push)
     with db.session() as session:

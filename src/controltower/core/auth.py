@@ -7,6 +7,8 @@ import hashlib
 import hmac
 import os
 import secrets
+import threading
+import time
 from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
@@ -177,9 +179,13 @@ def current_principal(
             detail="missing bearer token (header 'Authorization: Bearer <token>')",
             headers={"WWW-Authenticate": "Bearer"},
         )
-    db = request.app.state.ctx.db
-    with db.session() as session:
-        principal = authenticate(session, token)
+    ctx = request.app.state.ctx
+    principal = ctx.principals.get(token)
+    if principal is None:
+        with ctx.db.read_session() as session:
+            principal = authenticate(session, token)
+        if principal is not None:
+            ctx.principals.put(token, principal)
     if principal is None:
         raise HTTPException(
             status.HTTP_401_UNAUTHORIZED,
@@ -187,6 +193,47 @@ def current_principal(
             headers={"WWW-Authenticate": "Bearer"},
         )
     return principal
+
+
+class PrincipalCache:
+    """Recently authenticated tokens, so a busy agent's requests skip the token lookup.
+
+    An entry lives `ttl_s`; revoking through this process clears the subject at once, and another
+    replica's revocation takes effect within `ttl_s`.
+    """
+
+    def __init__(self, ttl_s: float = 10.0, max_entries: int = 10_000) -> None:
+        self.ttl_s = ttl_s
+        self.max_entries = max_entries
+        self._entries: dict[str, tuple[float, Principal]] = {}
+        self._lock = threading.Lock()
+
+    def get(self, token: str) -> Principal | None:
+        key = hash_token(token)
+        with self._lock:
+            entry = self._entries.get(key)
+            if entry is None:
+                return None
+            if entry[0] < time.monotonic():
+                del self._entries[key]
+                return None
+            return entry[1]
+
+    def put(self, token: str, principal: Principal) -> None:
+        with self._lock:
+            if len(self._entries) >= self.max_entries:
+                self._entries.clear()
+            self._entries[hash_token(token)] = (time.monotonic() + self.ttl_s, principal)
+
+    def forget_subject(self, subject: str) -> None:
+        with self._lock:
+            for key in [k for k, (_, p) in self._entries.items() if p.subject == subject]:
+                del self._entries[key]
+
+    def forget_token(self, token_id: int) -> None:
+        with self._lock:
+            for key in [k for k, (_, p) in self._entries.items() if p.token_id == token_id]:
+                del self._entries[key]
 
 
 def require(*roles: Role) -> Depends:

@@ -10,6 +10,7 @@ from fastapi import APIRouter
 from prometheus_client import CollectorRegistry
 
 from controltower.config import Settings
+from controltower.core.auth import PrincipalCache
 from controltower.core.db import Database
 
 if TYPE_CHECKING:
@@ -35,6 +36,7 @@ class Context:
     scheduler: Scheduler
     series: SeriesStore
     blobs: BlobStore
+    principals: PrincipalCache = field(default_factory=PrincipalCache)
     metrics: CollectorRegistry = field(default_factory=lambda: CollectorRegistry(auto_describe=True))
     api: APIRouter = field(default_factory=lambda: APIRouter(prefix="/api/v1"))
     services: dict[str, ServiceFactory] = field(default_factory=dict)

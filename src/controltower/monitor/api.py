@@ -5,7 +5,9 @@ from __future__ import annotations
 import datetime as dt
 from typing import Annotated
 
-from fastapi import APIRouter, HTTPException, Query, Response, status
+from fastapi import APIRouter, Depends, HTTPException, Query, Request, Response, status
+from fastapi.exceptions import RequestValidationError
+from pydantic import ValidationError
 from sqlalchemy.exc import IntegrityError
 
 from controltower.core.auth import Admin, AgentPrincipal, Operator, Viewer
@@ -13,6 +15,7 @@ from controltower.core.deps import CtxDep, SessionDep
 from controltower.core.series import SeriesError
 from controltower.monitor import checks, hosts
 from controltower.monitor.schemas import (
+    METRICS_PUSH,
     CheckCreate,
     CheckDetail,
     CheckPublic,
@@ -37,9 +40,25 @@ def _not_found(exc: LookupError) -> HTTPException:
 # -- hosts ----------------------------------------------------------------------------------------
 
 
-@hosts_router.post("/metrics")
+async def read_push(request: Request) -> MetricsPush:
+    """The body parsed straight from bytes (pydantic-core JSON), skipping FastAPI's generic body path."""
+    body = await request.body()
+    try:
+        return METRICS_PUSH.validate_json(body)
+    except ValidationError as exc:
+        raise RequestValidationError(
+            [{"loc": ("body", *err["loc"]), "msg": err["msg"], "type": err["type"]} for err in exc.errors()]
+        ) from None
+
+
+@hosts_router.post(
+    "/metrics",
+    openapi_extra={
+        "requestBody": {"required": True, "content": {"application/json": {"schema": METRICS_PUSH.json_schema()}}}
+    },
+)
 def push_metrics(
-    body: MetricsPush, ctx: CtxDep, session: SessionDep, principal: AgentPrincipal
+    body: Annotated[MetricsPush, Depends(read_push)], ctx: CtxDep, session: SessionDep, principal: AgentPrincipal
 ) -> MetricsAccepted:
     """An agent's collector pushes one interval of samples; the `host` label is always the agent's name."""
     try:
@@ -51,7 +70,7 @@ def push_metrics(
     except hosts.AgentGone as exc:
         raise _not_found(exc) from None
     session.commit()
-    return MetricsAccepted(host=host.name, accepted=len(body.samples))
+    return MetricsAccepted(host=host.name, accepted=len(body["samples"]))
 
 
 @hosts_router.get("")

@@ -50,8 +50,10 @@ def ingest_metrics(ctx: Context, session: Session, agent_id: int, push: MetricsP
     agent = session.get(Agent, agent_id)
     if agent is None:
         raise AgentGone(f"agent {agent_id} no longer exists")
-    samples = [Sample(s.name, {**s.labels, "host": agent.name}, push.ts, s.value) for s in push.samples]
-    stored = ctx.series.write(samples, session=session) if samples else 0
+    ts, name = push["ts"], agent.name
+    samples = push["samples"]
+    rows = ((s["name"], {**s.get("labels", {}), "host": name}, ts, s["value"]) for s in samples)
+    stored = ctx.series.write(rows, session=session) if samples else 0
     host = session.scalar(select(Host).where(Host.agent_id == agent.id))
     if host is None:
         host = session.scalar(select(Host).where(Host.name == agent.name))
@@ -69,7 +71,7 @@ def ingest_metrics(ctx: Context, session: Session, agent_id: int, push: MetricsP
     host.agent_id, host.name = agent.id, agent.name
     host.last_metrics_at = utcnow()
     host.samples_received = (host.samples_received or 0) + len(samples)
-    host.samples_dropped_by_agent = (host.samples_dropped_by_agent or 0) + push.dropped
+    host.samples_dropped_by_agent = (host.samples_dropped_by_agent or 0) + push.get("dropped", 0)
     session.flush()
     return host, stored
 

@@ -78,6 +78,7 @@ def enrol(body: AgentEnrol, session: SessionDep, ctx: CtxDep) -> AgentEnrolled:
         raise HTTPException(status.HTTP_401_UNAUTHORIZED, detail=f"enrolment_token: {exc}") from exc
     ctx.events.publish("core.agent.enrolled", {"agent_id": agent.id, "name": agent.name}, session=session)
     session.commit()
+    ctx.principals.forget_subject(f"agent:{agent.id}")
     return AgentEnrolled(agent_id=agent.id, name=agent.name, token=token)
 
 

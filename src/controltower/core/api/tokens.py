@@ -10,7 +10,7 @@ from sqlalchemy import select
 
 from controltower.core.auth import Admin, ApiToken, Role, hash_token, issue_token
 from controltower.core.db import utcnow
-from controltower.core.deps import SessionDep
+from controltower.core.deps import CtxDep, SessionDep
 
 router = APIRouter(tags=["tokens"])
 
@@ -62,7 +62,7 @@ def list_tokens(session: SessionDep, _: Admin) -> list[TokenPublic]:
 
 
 @router.delete("/tokens/{token_id}")
-def revoke_token(token_id: int, session: SessionDep, principal: Admin) -> TokenPublic:
+def revoke_token(token_id: int, ctx: CtxDep, session: SessionDep, principal: Admin) -> TokenPublic:
     row = session.get(ApiToken, token_id)
     if row is None:
         raise HTTPException(status.HTTP_404_NOT_FOUND, detail=f"token_id: no token {token_id}")
@@ -71,4 +71,5 @@ def revoke_token(token_id: int, session: SessionDep, principal: Admin) -> TokenP
     if row.revoked_at is None:
         row.revoked_at = utcnow()
     session.commit()
+    ctx.principals.forget_token(row.id)
     return TokenPublic.model_validate(row, from_attributes=True)
