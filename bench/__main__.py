@@ -167,13 +167,13 @@ def _guarded(name: str, fn: Callable[[], Result]) -> Result:
         traceback.print_exc()
         result = {"error": f"{exc.__class__.__name__}: {str(exc)[:500]}"}
     wall = time.monotonic() - started
-    result.setdefault("duration_s", round(wall, 1))
+    result["bench_wall_s"] = round(wall, 1)
     # Everything that ran on the machine meanwhile, ours and the peers' included: a figure taken while
     # other work was running (a test suite, a build) is not comparable, and this says when that happened.
     result["machine_busy_percent"] = round((_busy_seconds() - busy_before) / wall / (os.cpu_count() or 1) * 100, 1)
     result["loadavg_1m"] = [round(load_before, 2), round(os.getloadavg()[0], 2)]
     status = "skipped: " + result["skipped"] if "skipped" in result else result.get("error", "ok")
-    print(f"  {name}: {status} ({result['duration_s']} s)", file=sys.stderr, flush=True)
+    print(f"  {name}: {status} ({result['bench_wall_s']} s)", file=sys.stderr, flush=True)
     return result
 
 

@@ -117,7 +117,7 @@ async def _serve(settings: Settings, local_agent: bool) -> int:
         port = server.servers[0].sockets[0].getsockname()[1] if settings.port == 0 else settings.port
         host = "127.0.0.1" if settings.host in ("0.0.0.0", "::") else settings.host
         url = f"http://{host}:{port}"
-        log.warning("Control Tower %s listening on %s (data dir %s)", settings.name, url, settings.data_dir.resolve())
+        log.warning("%s listening on %s (data dir %s)", settings.name, url, settings.data_dir.resolve())
         if local_agent:
             agent = await asyncio.to_thread(_start_local_agent, settings, url)
             agent_log = settings.data_dir / "local-agent" / "agent.log"
@@ -138,6 +138,8 @@ def run_server(host: str | None, port: int | None, data_dir: str | None, local_a
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     settings = _settings(host, port, data_dir)
     logging.getLogger().setLevel(settings.log_level.upper())
+    for chatty in ("alembic", "httpx"):  # per-request and per-plug-in INFO lines; warnings still show
+        logging.getLogger(chatty).setLevel(logging.WARNING)
     try:
         if settings.port:
             check_port_free(settings.host, settings.port, "CT_PORT")

@@ -36,7 +36,7 @@ def test_session_rolls_back_on_error(db: Database) -> None:
     db.migrate()
     try:
         with db.session() as session:
-            session.execute(text("INSERT INTO users (name, role, created_at) VALUES ('x', 'viewer', CURRENT_TIMESTAMP)"))
+            session.execute(text("INSERT INTO users (name, role, created_at) VALUES ('x', 'viewer', '2026-01-01')"))
             raise RuntimeError("boom")
     except RuntimeError:
         pass
@@ -52,7 +52,7 @@ def test_reader_does_not_wait_for_a_writer(tmp_path) -> None:
 
     def write() -> None:
         with db.session() as session:
-            session.execute(text("INSERT INTO users (name, role, created_at) VALUES ('w', 'viewer', CURRENT_TIMESTAMP)"))
+            session.execute(text("INSERT INTO users (name, role, created_at) VALUES ('w', 'viewer', '2026-01-01')"))
             writer_has_lock.set()
             release.wait(10)
 

@@ -455,9 +455,10 @@ def test_register_jobs_schedules_rollup_and_retention(store: SeriesStore, db: Da
     assert jobs == {"series.rollup": "every 30s", "series.retention": "every 3600s"}
 
 
-def test_rollup_scans_series_through_the_primary_key_on_sqlite(store: SeriesStore, db: Database):
-    if db.dialect != "sqlite":
-        pytest.skip("query plan check is SQLite-specific")
+def test_rollup_scans_series_through_the_primary_key_on_sqlite(tmp_path: Path):
+    db = Database(f"sqlite:///{tmp_path / 'plan.db'}")
+    db.migrate()
+    store = SeriesStore(db, Settings(data_dir=tmp_path))
     store.write([Sample("m", {}, T0, 1.0)])
     with db.engine.connect() as conn:
         plan = " ".join(

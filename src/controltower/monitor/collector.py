@@ -360,7 +360,8 @@ class ResourceCollector:
         sampler = Sampler(ctx.agent_name)
         interval = ctx.interval_s
         # Sample on a fixed grid so a slow round does not drift the schedule; missed ticks are skipped.
-        next_at = time.monotonic() + interval
+        # The first sample comes a second after start (rates need two readings), so a new host shows at once.
+        next_at = time.monotonic() + min(interval, 1.0)
         while not await ctx.sleep(next_at - time.monotonic()):
             ts = time.time()
             samples = sampler.sample()
