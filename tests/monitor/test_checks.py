@@ -15,7 +15,8 @@ from sqlalchemy import func, select
 from controltower.client import ApiError
 from controltower.core.events import recent
 from controltower.monitor import checks
-from controltower.monitor.checks import CheckExists, CheckInvalid, CheckRunner
+from controltower.monitor.check_runner import CheckRunner
+from controltower.monitor.checks import CheckExists, CheckInvalid
 from controltower.monitor.models import Check, CheckResult, CheckStateChange
 from controltower.monitor.schemas import CheckCreate, CheckUpdate, parse_duration
 from tests.monitor.check_targets import HttpTarget, TcpTarget, closed_port, make_ctx

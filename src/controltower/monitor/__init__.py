@@ -12,9 +12,9 @@ if TYPE_CHECKING:
 
 def setup(ctx: Context) -> None:
     """Mount monitor's routes, loops, actions and /metrics collector."""
-    from controltower.monitor import alerts, checks, exporter, hosts
+    from controltower.monitor import alerts, check_runner, exporter, hosts
 
     hosts.setup(ctx)
-    checks.setup(ctx)
+    check_runner.setup(ctx)
     alerts.setup(ctx)
     exporter.setup(ctx)

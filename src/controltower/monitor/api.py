@@ -13,7 +13,7 @@ from sqlalchemy.exc import IntegrityError
 from controltower.core.auth import Admin, AgentPrincipal, Operator, Viewer
 from controltower.core.deps import CtxDep, SessionDep
 from controltower.core.series import SeriesError
-from controltower.monitor import checks, hosts
+from controltower.monitor import check_runner, checks, hosts
 from controltower.monitor.schemas import (
     METRICS_PUSH,
     CheckCreate,
@@ -124,7 +124,7 @@ def create_check(body: CheckCreate, ctx: CtxDep, session: SessionDep, _: Operato
         raise _invalid(exc) from None
     except (checks.CheckExists, IntegrityError):
         raise _conflict(body.name) from None
-    checks.runner_for(ctx).notify_changed()
+    check_runner.runner_for(ctx).notify_changed()
     return checks.check_public(check, None)
 
 
@@ -167,7 +167,7 @@ def update_check(name: str, body: CheckUpdate, ctx: CtxDep, session: SessionDep,
     except checks.CheckInvalid as exc:
         raise _invalid(exc) from None
     session.commit()
-    checks.runner_for(ctx).notify_changed()
+    check_runner.runner_for(ctx).notify_changed()
     return checks.check_public(check, checks.uptime(session, dt.timedelta(days=1), [check.id])[check.id])
 
 
@@ -179,7 +179,7 @@ def delete_check(name: str, ctx: CtxDep, session: SessionDep, _: Operator) -> Re
     except checks.CheckNotFound as exc:
         raise _not_found(exc) from None
     session.commit()
-    checks.runner_for(ctx).notify_changed()
+    check_runner.runner_for(ctx).notify_changed()
     return Response(status_code=status.HTTP_204_NO_CONTENT)
 
 
@@ -199,6 +199,6 @@ def list_results(
 async def run_check(name: str, ctx: CtxDep, _: Operator) -> CheckRunResult:
     """Run a check now and return its result (also recorded like a scheduled run)."""
     try:
-        return await checks.runner_for(ctx).run_now(name)
+        return await check_runner.runner_for(ctx).run_now(name)
     except checks.CheckNotFound as exc:
         raise _not_found(exc) from None
