@@ -37,8 +37,13 @@ def up(
     raise typer.Exit(run_server(host=host, port=port, data_dir=data_dir, local_agent=not no_agent))
 
 
-@app.command("agent", context_settings={"allow_extra_args": False})
-def agent_cmd(
+agent_app = typer.Typer(help="Run an agent on this machine, or (`ctower agent enroll`) make an enrolment token.")
+app.add_typer(agent_app, name="agent")
+
+
+@agent_app.callback(invoke_without_command=True)
+def agent_run(
+    ctx: typer.Context,
     server: ServerOpt = DEFAULT_SERVER,
     token: Annotated[str | None, typer.Option("--token", envvar="CT_AGENT_TOKEN",
                                               help="Enrolment token (first run) or the agent's own token")] = None,
@@ -52,37 +57,52 @@ def agent_cmd(
     ] = None,
 ) -> None:
     """Run an agent: enrol with a one-time token, then heartbeat and run every installed plug-in."""
+    if ctx.invoked_subcommand is not None:
+        return
     from controltower.agent.shell import run_agent
 
     raise typer.Exit(run_agent(server=server, token=token, name=name, labels=labels, state_dir=state_dir,
                                interval=interval))
 
 
-agents_app = typer.Typer(no_args_is_help=True, help="Enrol and list agents.")
-app.add_typer(agents_app, name="agents")
-
-
-@agents_app.command("enroll")
-def agents_enroll(
+@agent_app.command("enroll")
+def agent_enroll(
     server: ServerOpt = DEFAULT_SERVER,
     token: TokenOpt = None,
     ttl: Annotated[float, typer.Option(help="Validity in hours")] = 24,
     label: Annotated[list[str] | None, typer.Option("--label", help="Label for the agent (repeatable)")] = None,
 ) -> None:
-    """Print a one-time enrolment token for `ctower agent --token ...`."""
+    """Print a one-time enrolment token for `ctower agent --server URL --token cte_...` on the new host."""
     with client_from(server, token) as client:
         result = call(client.post, "agents/enrollments", {"ttl_s": ttl * 3600, "labels": label or []})
     typer.echo(result["token"])
 
 
+agents_app = typer.Typer(help="Enrolled agents.")
+app.add_typer(agents_app, name="agents")
+
+
+def _list_agents(server: str, token: str | None, as_json: bool) -> None:
+    with client_from(server, token) as client:
+        rows = call(client.get, "agents")
+    if not as_json:
+        rows = [{**row, "labels": ",".join(row["labels"])} for row in rows]
+    print_rows(rows, ["id", "name", "labels", "capacity", "version", "last_seen"], as_json)
+
+
+@agents_app.callback(invoke_without_command=True)
+def agents_main(
+    ctx: typer.Context, server: ServerOpt = DEFAULT_SERVER, token: TokenOpt = None, as_json: JsonOpt = False
+) -> None:
+    """Without a command: list the enrolled agents."""
+    if ctx.invoked_subcommand is None:
+        _list_agents(server, token, as_json)
+
+
 @agents_app.command("list")
 def agents_list(server: ServerOpt = DEFAULT_SERVER, token: TokenOpt = None, as_json: JsonOpt = False) -> None:
     """Enrolled agents."""
-    with client_from(server, token) as client:
-        rows = call(client.get, "agents")
-    for row in rows:
-        row["labels"] = ",".join(row["labels"])
-    print_rows(rows, ["id", "name", "labels", "capacity", "version", "last_seen"], as_json)
+    _list_agents(server, token, as_json)
 
 
 tokens_app = typer.Typer(no_args_is_help=True, help="API tokens for people and scripts.")

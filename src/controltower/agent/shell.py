@@ -130,7 +130,7 @@ class AgentShell:
         token = token or self.stored_token()
         if token is None:
             raise AgentSetupError(
-                f"no agent token: pass --token with an enrolment token (`ctower agents enroll` prints one) "
+                f"no agent token: pass --token with an enrolment token (`ctower agent enroll` prints one) "
                 f"or put the agent's token in {self.token_path}"
             )
         # A stored token comes with its identity on disk, so the agent starts even while the server is down.
