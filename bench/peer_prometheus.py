@@ -102,12 +102,8 @@ def _health(client: httpx.Client, base: str, seconds: float) -> dict[str, float 
     window = f"{max(1, int(seconds))}s"
     return {
         "scrapes_failed_ratio": _query(client, base, f"1 - avg(avg_over_time(up[{window}]))"),
-        "scrape_duration_avg_s": _query(
-            client, base, f"avg(avg_over_time(scrape_duration_seconds[{window}]))"
-        ),
-        "scrape_duration_max_s": _query(
-            client, base, f"max(max_over_time(scrape_duration_seconds[{window}]))"
-        ),
+        "scrape_duration_avg_s": _query(client, base, f"avg(avg_over_time(scrape_duration_seconds[{window}]))"),
+        "scrape_duration_max_s": _query(client, base, f"max(max_over_time(scrape_duration_seconds[{window}]))"),
     }
 
 
@@ -176,9 +172,7 @@ def run(seconds: float, targets: int = 50, series: int = 20000, warmup: float = 
                 deadline = time.monotonic() + 60
                 while True:
                     if prom.poll() is not None:
-                        raise RuntimeError(
-                            f"prometheus exited with {prom.returncode}: " + log.read_text()[-2000:]
-                        )
+                        raise RuntimeError(f"prometheus exited with {prom.returncode}: " + log.read_text()[-2000:])
                     try:
                         if client.get(f"http://127.0.0.1:{web_port}/-/ready").status_code == 200:
                             break
