@@ -62,7 +62,7 @@ def push_metrics(
 ) -> MetricsAccepted:
     """An agent's collector pushes one interval of samples; the `host` label is always the agent's name."""
     try:
-        host, _ = hosts.ingest_metrics(ctx, session, int(principal.subject_id), body)
+        host_name, _ = hosts.ingest_metrics(ctx, session, int(principal.subject_id), body)
     except SeriesError as exc:
         raise HTTPException(
             status.HTTP_422_UNPROCESSABLE_CONTENT, detail=f"{exc.field}: {exc.reason}"
@@ -70,7 +70,7 @@ def push_metrics(
     except hosts.AgentGone as exc:
         raise _not_found(exc) from None
     session.commit()
-    return MetricsAccepted(host=host.name, accepted=len(body["samples"]))
+    return MetricsAccepted(host=host_name, accepted=len(body["samples"]))
 
 
 @hosts_router.get("")

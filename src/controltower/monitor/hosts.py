@@ -6,7 +6,7 @@ import datetime as dt
 from collections import defaultdict
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
 from controltower.core.agents import Agent
@@ -42,38 +42,43 @@ class AgentGone(LookupError):
 # -- ingestion ------------------------------------------------------------------------------------
 
 
-def ingest_metrics(ctx: Context, session: Session, agent_id: int, push: MetricsPush) -> tuple[Host, int]:
+def ingest_metrics(ctx: Context, session: Session, agent_id: int, push: MetricsPush) -> tuple[str, int]:
     """Store a collector's samples (the `host` label forced to the agent's name) and count them on its Host.
 
-    Runs in the caller's transaction; SeriesError (naming e.g. `samples.3.name`) comes before any write.
+    Returns the host's name and how many samples were stored. Runs in the caller's transaction;
+    SeriesError (naming e.g. `samples.3.name`) comes before any write. This is the ingest hot path:
+    it reads and writes plain columns, never whole rows with their JSON.
     """
-    agent = session.get(Agent, agent_id)
-    if agent is None:
+    name = session.scalar(select(Agent.name).where(Agent.id == agent_id))
+    if name is None:
         raise AgentGone(f"agent {agent_id} no longer exists")
-    ts, name = push["ts"], agent.name
-    samples = push["samples"]
+    ts, samples, dropped = push["ts"], push["samples"], push.get("dropped", 0)
     rows = ((s["name"], {**s.get("labels", {}), "host": name}, ts, s["value"]) for s in samples)
     stored = ctx.series.write(rows, session=session) if samples else 0
-    host = session.scalar(select(Host).where(Host.agent_id == agent.id))
-    if host is None:
-        host = session.scalar(select(Host).where(Host.name == agent.name))
-    if host is None:
-        host = Host(
-            agent_id=agent.id,
-            name=agent.name,
-            status=UNKNOWN,
-            status_since=utcnow(),
-            samples_received=0,
-            samples_dropped_by_agent=0,
-            history=[],
+    now = utcnow()
+    counted = session.execute(
+        update(Host)
+        .where(Host.agent_id == agent_id)
+        .values(
+            name=name,
+            last_metrics_at=now,
+            samples_received=Host.samples_received + len(samples),
+            samples_dropped_by_agent=Host.samples_dropped_by_agent + dropped,
         )
-        session.add(host)
-    host.agent_id, host.name = agent.id, agent.name
-    host.last_metrics_at = utcnow()
-    host.samples_received = (host.samples_received or 0) + len(samples)
-    host.samples_dropped_by_agent = (host.samples_dropped_by_agent or 0) + push.get("dropped", 0)
-    session.flush()
-    return host, stored
+        .execution_options(synchronize_session=False)
+    )
+    if counted.rowcount == 0:  # the first push, or the first since the host was deleted
+        host = session.scalar(select(Host).where(Host.name == name))
+        if host is None:
+            host = Host(name=name, status=UNKNOWN, status_since=now, samples_received=0,
+                        samples_dropped_by_agent=0, history=[])
+            session.add(host)
+        host.agent_id = agent_id
+        host.last_metrics_at = now
+        host.samples_received = (host.samples_received or 0) + len(samples)
+        host.samples_dropped_by_agent = (host.samples_dropped_by_agent or 0) + dropped
+        session.flush()
+    return name, stored
 
 
 # -- liveness -------------------------------------------------------------------------------------
