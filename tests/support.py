@@ -107,6 +107,7 @@ class RunningServer:
 def start_server(data_dir: Path, env: dict[str, str] | None = None, args: list[str] | None = None) -> RunningServer:
     """A real server on a free port; `--no-agent` unless args say otherwise."""
     args = args if args is not None else ["--no-agent"]
-    srv = RunningServer(data_dir=data_dir, port=free_port(), env=env or {}, args=args)
+    env = {"CT_MQTT_PORT": str(free_port()), **(env or {})}  # never the shared default 1883
+    srv = RunningServer(data_dir=data_dir, port=free_port(), env=env, args=args)
     srv.start()
     return srv

@@ -51,7 +51,7 @@ def _crossings() -> list[str]:
                 problems.append(f"{where}: subsystem {owner} reaches into subsystem {target}")
             if owner in SUBSYSTEMS and target in {"server", "cli", "runner"}:
                 problems.append(f"{where}: subsystem {owner} imports the application shell")
-            if owner in {"core", "agent"} and (target in SUBSYSTEMS or target in {"server", "cli", "runner"}):
+            if owner in {"core", "agent", "web"} and (target in SUBSYSTEMS or target in {"server", "cli", "runner"}):
                 problems.append(f"{where}: {owner} must not know subsystems or the shell")
     return problems
 

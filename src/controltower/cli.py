@@ -15,7 +15,7 @@ from controltower.console import JsonOpt, ServerOpt, TokenOpt, call, client_from
 
 app = typer.Typer(no_args_is_help=True, help="Control Tower: command and watch servers, devices, robots and processes.")
 
-SUBSYSTEM_CLIS = ("monitor",)
+SUBSYSTEM_CLIS = ("monitor", "rpa", "iot")
 
 
 @app.command()
@@ -137,6 +137,70 @@ def tokens_revoke(token_id: int, server: ServerOpt = DEFAULT_SERVER, token: Toke
     with client_from(server, token) as client:
         call(client.delete, f"tokens/{token_id}")
     typer.echo(f"revoked token {token_id}")
+
+
+users_app = typer.Typer(no_args_is_help=True, help="People who log in to the dashboard.")
+app.add_typer(users_app, name="users")
+
+
+def _read_password() -> str:
+    """From a terminal: asked twice, hidden. Otherwise: the first line of stdin."""
+    if sys.stdin.isatty():
+        import getpass
+
+        first = getpass.getpass("Password: ")
+        if getpass.getpass("Again: ") != first:
+            err_console.print("[red]the passwords differ[/red]")
+            raise typer.Exit(2)
+        return first
+    return sys.stdin.readline().rstrip("\r\n")
+
+
+@users_app.command("add")
+def users_add(
+    name: str,
+    role: Annotated[str, typer.Option(help="admin, operator or viewer")] = "viewer",
+    server: ServerOpt = DEFAULT_SERVER,
+    token: TokenOpt = None,
+) -> None:
+    """Add a dashboard user; the password is read from stdin (e.g. `echo "$PW" | ctower users add mina`)."""
+    password = _read_password()
+    with client_from(server, token) as client:
+        result = call(client.post, "users", {"name": name, "role": role, "password": password})
+    typer.echo(f"added user {result['name']} ({result['role']})")
+
+
+@users_app.command("list")
+def users_list(server: ServerOpt = DEFAULT_SERVER, token: TokenOpt = None, as_json: JsonOpt = False) -> None:
+    """Every dashboard user with its role."""
+    with client_from(server, token) as client:
+        rows = call(client.get, "users")
+    print_rows(rows, ["name", "role", "has_password", "created_at"], as_json)
+
+
+@users_app.command("set")
+def users_set(
+    name: str,
+    role: Annotated[str | None, typer.Option(help="New role: admin, operator or viewer")] = None,
+    password: Annotated[bool, typer.Option("--password", help="Read a new password from stdin")] = False,
+    server: ServerOpt = DEFAULT_SERVER,
+    token: TokenOpt = None,
+) -> None:
+    """Change a user's role and/or password."""
+    body: dict[str, Any] = {"role": role}
+    if password:
+        body["password"] = _read_password()
+    with client_from(server, token) as client:
+        result = call(client.patch, f"users/{name}", body)
+    typer.echo(f"user {result['name']} is {result['role']}")
+
+
+@users_app.command("remove")
+def users_remove(name: str, server: ServerOpt = DEFAULT_SERVER, token: TokenOpt = None) -> None:
+    """Remove a dashboard user (and their API tokens)."""
+    with client_from(server, token) as client:
+        call(client.delete, f"users/{name}")
+    typer.echo(f"removed user {name}")
 
 
 action_app = typer.Typer(no_args_is_help=True, help="List and call actions.")

@@ -32,8 +32,14 @@ class Settings(BaseSettings):
     )
     host: str = Field("127.0.0.1", description="HTTP listen address")
     port: int = Field(8080, ge=0, le=65535, description="HTTP listen port")
-    mqtt_port: int = Field(1883, ge=0, le=65535, description="Embedded MQTT broker port")
+    mqtt_port: int = Field(1883, ge=0, le=65535, description="Embedded MQTT broker port; 0 disables it")
     mqtt_url: str | None = Field(None, description="External MQTT broker URL instead of the embedded one")
+    mqtt_host: str = Field("127.0.0.1", description="Embedded MQTT broker listen address")
+    iot_message_max_bytes: int = Field(256 * 1024, gt=0, description="Largest device telemetry message, bytes")
+    iot_file_max_bytes: int = Field(100 * 1024 * 1024, gt=0, description="Largest file a device may upload, bytes")
+    iot_http_offline_after_s: float = Field(
+        300, gt=0, description="An HTTP-only device is offline after this many seconds without a request"
+    )
     log_level: str = Field("info", description="Log level: debug, info, warning, error")
 
     agent_interval_s: float = Field(10.0, gt=0, description="Agent resource-sample interval, seconds")
@@ -49,6 +55,12 @@ class Settings(BaseSettings):
     event_retention_days: float = Field(30, gt=0, description="Keep persisted events this many days")
     blob_max_bytes: int = Field(512 * 1024 * 1024, gt=0, description="Largest blob accepted, bytes")
     webhook_retries: int = Field(5, ge=0, description="Webhook delivery attempts after the first")
+
+    rpa_package_max_bytes: int = Field(64 * 1024 * 1024, gt=0, description="Largest robot package (unpacked), bytes")
+    rpa_env_cache_dir: Path | None = Field(
+        None, description="Where agents keep robot environments; default ~/.cache/controltower/rpa-envs"
+    )
+    rpa_env_cache_max: int = Field(10, ge=1, description="Robot environments kept per agent (least recently used go)")
 
     @classmethod
     def settings_customise_sources(

@@ -143,6 +143,8 @@ def run_server(host: str | None, port: int | None, data_dir: str | None, local_a
     try:
         if settings.port:
             check_port_free(settings.host, settings.port, "CT_PORT")
+        if settings.mqtt_port and not settings.mqtt_url:
+            check_port_free(settings.mqtt_host, settings.mqtt_port, "CT_MQTT_PORT")
     except PortBusyError as exc:
         log.error("%s", exc)
         return 2

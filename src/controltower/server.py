@@ -23,6 +23,7 @@ from controltower.core.api import events as events_api
 from controltower.core.api import series as series_api
 from controltower.core.api import system as system_api
 from controltower.core.api import tokens as tokens_api
+from controltower.core.api import users as users_api
 from controltower.core.api import work as work_api
 from controltower.core.auth import ensure_admin
 from controltower.core.blobs import BlobStore
@@ -31,11 +32,13 @@ from controltower.core.db import Database
 from controltower.core.events import EventBus
 from controltower.core.scheduler import Scheduler
 from controltower.core.series import SeriesStore
+from controltower.core.users import ensure_admin_password
 from controltower.core.work import WorkQueue
+from controltower.web import app as web_app
 
 log = logging.getLogger("controltower.server")
 
-SUBSYSTEMS = ("monitor",)
+SUBSYSTEMS = ("monitor", "rpa", "iot")
 
 
 def subsystem_modules() -> list[ModuleType]:
@@ -95,7 +98,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     ctx.series.register_jobs(ctx.scheduler)
 
     for router in (system_api.router, agents_api.router, events_api.router, actions_api.router,
-                   work_api.router, series_api.router, tokens_api.router):
+                   work_api.router, series_api.router, tokens_api.router, users_api.router):
         ctx.include_router(router)
     for module in _MODULES:
         module.setup(ctx)
@@ -107,6 +110,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             written = ensure_admin(session, settings.admin_token_path)
         if written:
             log.warning("first start: admin API token written to %s (mode 0600)", written)
+        with ctx.db.session() as session:
+            password_file = ensure_admin_password(session, settings.data_dir / "admin-password")
+        if password_file:
+            log.warning("dashboard user 'admin': one-time password written to %s (mode 0600)", password_file)
         await ctx.events.start()
         await ctx.scheduler.start()
         tasks = [asyncio.create_task(run(), name=name) for name, run in ctx.services.items()]
@@ -133,4 +140,5 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.include_router(system_api.root_router)
     app.include_router(ctx.api)
+    web_app.mount(app, ctx)
     return app

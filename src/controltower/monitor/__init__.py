@@ -11,10 +11,11 @@ if TYPE_CHECKING:
 
 
 def setup(ctx: Context) -> None:
-    """Mount monitor's routes, loops, actions and /metrics collector."""
-    from controltower.monitor import alerts, check_runner, exporter, hosts
+    """Mount monitor's routes, loops, actions, /metrics collector and dashboard pages."""
+    from controltower.monitor import alerts, check_runner, exporter, hosts, ui
 
     hosts.setup(ctx)
     check_runner.setup(ctx)
     alerts.setup(ctx)
     exporter.setup(ctx)
+    ui.register(ctx)

@@ -49,7 +49,10 @@ def ingest_metrics(ctx: Context, session: Session, agent_id: int, push: MetricsP
     SeriesError (naming e.g. `samples.3.name`) comes before any write. This is the ingest hot path:
     it reads and writes plain columns, never whole rows with their JSON.
     """
-    name = session.scalar(select(Agent.name).where(Agent.id == agent_id))
+    # Read in a read-only session: the request's session takes SQLite's write lock at its first
+    # statement, and everything up to the series insert (validation included) can run before that.
+    with ctx.db.read_session() as reader:
+        name = reader.scalar(select(Agent.name).where(Agent.id == agent_id))
     if name is None:
         raise AgentGone(f"agent {agent_id} no longer exists")
     ts, samples, dropped = push["ts"], push["samples"], push.get("dropped", 0)

@@ -2,7 +2,7 @@
 
 Revision ID: 0001
 Revises: 
-Create Date: 2026-11-24 23:35:57.698023
+Create Date: 2026-11-24 23:51:38.214740
 """
 
 from collections.abc import Sequence
@@ -57,6 +57,39 @@ def upgrade() -> None:
         batch_op.create_index(batch_op.f('ix_events_topic'), ['topic'], unique=False)
         batch_op.create_index(batch_op.f('ix_events_ts'), ['ts'], unique=False)
 
+    op.create_table('iot_dead_letters',
+    sa.Column('id', sa.BigInteger().with_variant(sa.Integer(), 'sqlite'), nullable=False),
+    sa.Column('ts', controltower.core.db.UtcDateTime(timezone=True), nullable=False),
+    sa.Column('source', sa.String(length=8), nullable=False),
+    sa.Column('device_id', sa.String(length=64), nullable=True),
+    sa.Column('topic', sa.String(length=255), nullable=False),
+    sa.Column('kind', sa.String(length=32), nullable=False),
+    sa.Column('reason', sa.Text(), nullable=False),
+    sa.Column('size', sa.BigInteger(), nullable=False),
+    sa.Column('payload', sa.Text(), nullable=False),
+    sa.PrimaryKeyConstraint('id', name=op.f('pk_iot_dead_letters'))
+    )
+    with op.batch_alter_table('iot_dead_letters', schema=None) as batch_op:
+        batch_op.create_index(batch_op.f('ix_iot_dead_letters_device_id'), ['device_id'], unique=False)
+        batch_op.create_index(batch_op.f('ix_iot_dead_letters_kind'), ['kind'], unique=False)
+        batch_op.create_index(batch_op.f('ix_iot_dead_letters_ts'), ['ts'], unique=False)
+
+    op.create_table('iot_devices',
+    sa.Column('id', sa.String(length=64), nullable=False),
+    sa.Column('name', sa.String(length=128), nullable=False),
+    sa.Column('type', sa.String(length=64), nullable=False),
+    sa.Column('labels', sa.JSON(), nullable=False),
+    sa.Column('description', sa.Text(), nullable=False),
+    sa.Column('status', sa.String(length=16), nullable=False),
+    sa.Column('status_since', controltower.core.db.UtcDateTime(timezone=True), nullable=True),
+    sa.Column('connected_via', sa.String(length=8), nullable=True),
+    sa.Column('last_seen_at', controltower.core.db.UtcDateTime(timezone=True), nullable=True),
+    sa.Column('messages_received', sa.BigInteger(), nullable=False),
+    sa.Column('created_at', controltower.core.db.UtcDateTime(timezone=True), nullable=False),
+    sa.Column('updated_at', controltower.core.db.UtcDateTime(timezone=True), nullable=False),
+    sa.PrimaryKeyConstraint('id', name=op.f('pk_iot_devices')),
+    sa.UniqueConstraint('name', name=op.f('uq_iot_devices_name'))
+    )
     op.create_table('monitor_alert_rules',
     sa.Column('id', sa.Integer(), nullable=False),
     sa.Column('name', sa.String(length=255), nullable=False),
@@ -114,6 +147,15 @@ def upgrade() -> None:
     sa.Column('created_at', controltower.core.db.UtcDateTime(timezone=True), nullable=False),
     sa.PrimaryKeyConstraint('id', name=op.f('pk_monitor_webhooks')),
     sa.UniqueConstraint('name', name=op.f('uq_monitor_webhooks_name'))
+    )
+    op.create_table('rpa_robots',
+    sa.Column('id', sa.Integer(), nullable=False),
+    sa.Column('name', sa.String(length=64), nullable=False),
+    sa.Column('description', sa.Text(), nullable=False),
+    sa.Column('production_version', sa.Integer(), nullable=True),
+    sa.Column('created_at', controltower.core.db.UtcDateTime(timezone=True), nullable=False),
+    sa.PrimaryKeyConstraint('id', name=op.f('pk_rpa_robots')),
+    sa.UniqueConstraint('name', name=op.f('uq_rpa_robots_name'))
     )
     op.create_table('scheduler_leader',
     sa.Column('name', sa.String(length=64), nullable=False),
@@ -191,6 +233,49 @@ def upgrade() -> None:
     with op.batch_alter_table('api_tokens', schema=None) as batch_op:
         batch_op.create_index(batch_op.f('ix_api_tokens_subject'), ['subject'], unique=False)
 
+    op.create_table('iot_attribute_history',
+    sa.Column('id', sa.BigInteger().with_variant(sa.Integer(), 'sqlite'), nullable=False),
+    sa.Column('device_id', sa.String(length=64), nullable=False),
+    sa.Column('key', sa.String(length=128), nullable=False),
+    sa.Column('value', sa.JSON(), nullable=True),
+    sa.Column('ts', controltower.core.db.UtcDateTime(timezone=True), nullable=False),
+    sa.ForeignKeyConstraint(['device_id'], ['iot_devices.id'], name=op.f('fk_iot_attribute_history_device_id_iot_devices'), ondelete='CASCADE'),
+    sa.PrimaryKeyConstraint('id', name=op.f('pk_iot_attribute_history'))
+    )
+    with op.batch_alter_table('iot_attribute_history', schema=None) as batch_op:
+        batch_op.create_index('ix_iot_attribute_history_device_key_ts', ['device_id', 'key', 'ts'], unique=False)
+
+    op.create_table('iot_attributes',
+    sa.Column('device_id', sa.String(length=64), nullable=False),
+    sa.Column('key', sa.String(length=128), nullable=False),
+    sa.Column('value', sa.JSON(), nullable=True),
+    sa.Column('ts', controltower.core.db.UtcDateTime(timezone=True), nullable=False),
+    sa.ForeignKeyConstraint(['device_id'], ['iot_devices.id'], name=op.f('fk_iot_attributes_device_id_iot_devices'), ondelete='CASCADE'),
+    sa.PrimaryKeyConstraint('device_id', 'key', name=op.f('pk_iot_attributes'))
+    )
+    op.create_table('iot_commands',
+    sa.Column('id', sa.Integer(), nullable=False),
+    sa.Column('device_id', sa.String(length=64), nullable=False),
+    sa.Column('name', sa.String(length=128), nullable=False),
+    sa.Column('params', sa.JSON(), nullable=False),
+    sa.Column('one_way', sa.Boolean(), nullable=False),
+    sa.Column('state', sa.String(length=16), nullable=False),
+    sa.Column('timeout_s', sa.Double(), nullable=False),
+    sa.Column('expires_at', controltower.core.db.UtcDateTime(timezone=True), nullable=False),
+    sa.Column('broadcast_id', sa.String(length=32), nullable=True),
+    sa.Column('created_at', controltower.core.db.UtcDateTime(timezone=True), nullable=False),
+    sa.Column('sent_at', controltower.core.db.UtcDateTime(timezone=True), nullable=True),
+    sa.Column('finished_at', controltower.core.db.UtcDateTime(timezone=True), nullable=True),
+    sa.Column('result', sa.JSON(), nullable=True),
+    sa.Column('error', sa.Text(), nullable=True),
+    sa.ForeignKeyConstraint(['device_id'], ['iot_devices.id'], name=op.f('fk_iot_commands_device_id_iot_devices'), ondelete='CASCADE'),
+    sa.PrimaryKeyConstraint('id', name=op.f('pk_iot_commands'))
+    )
+    with op.batch_alter_table('iot_commands', schema=None) as batch_op:
+        batch_op.create_index(batch_op.f('ix_iot_commands_broadcast_id'), ['broadcast_id'], unique=False)
+        batch_op.create_index('ix_iot_commands_device_state', ['device_id', 'state'], unique=False)
+        batch_op.create_index(batch_op.f('ix_iot_commands_expires_at'), ['expires_at'], unique=False)
+
     op.create_table('monitor_alerts',
     sa.Column('id', sa.Integer(), nullable=False),
     sa.Column('rule_id', sa.Integer(), nullable=False),
@@ -255,6 +340,73 @@ def upgrade() -> None:
     sa.UniqueConstraint('agent_id', name=op.f('uq_monitor_hosts_agent_id')),
     sa.UniqueConstraint('name', name=op.f('uq_monitor_hosts_name'))
     )
+    op.create_table('rpa_robot_audit',
+    sa.Column('id', sa.Integer(), nullable=False),
+    sa.Column('robot_id', sa.Integer(), nullable=False),
+    sa.Column('action', sa.String(length=16), nullable=False),
+    sa.Column('version', sa.Integer(), nullable=True),
+    sa.Column('previous', sa.Integer(), nullable=True),
+    sa.Column('actor', sa.String(length=128), nullable=False),
+    sa.Column('at', controltower.core.db.UtcDateTime(timezone=True), nullable=False),
+    sa.ForeignKeyConstraint(['robot_id'], ['rpa_robots.id'], name=op.f('fk_rpa_robot_audit_robot_id_rpa_robots'), ondelete='CASCADE'),
+    sa.PrimaryKeyConstraint('id', name=op.f('pk_rpa_robot_audit'))
+    )
+    with op.batch_alter_table('rpa_robot_audit', schema=None) as batch_op:
+        batch_op.create_index(batch_op.f('ix_rpa_robot_audit_robot_id'), ['robot_id'], unique=False)
+
+    op.create_table('rpa_robot_versions',
+    sa.Column('id', sa.Integer(), nullable=False),
+    sa.Column('robot_id', sa.Integer(), nullable=False),
+    sa.Column('number', sa.Integer(), nullable=False),
+    sa.Column('sha256', sa.String(length=64), nullable=False),
+    sa.Column('size', sa.Integer(), nullable=False),
+    sa.Column('spec', sa.JSON(), nullable=False),
+    sa.Column('files', sa.JSON(), nullable=False),
+    sa.Column('warnings', sa.JSON(), nullable=False),
+    sa.Column('note', sa.Text(), nullable=False),
+    sa.Column('pushed_by', sa.String(length=128), nullable=False),
+    sa.Column('pushed_at', controltower.core.db.UtcDateTime(timezone=True), nullable=False),
+    sa.ForeignKeyConstraint(['robot_id'], ['rpa_robots.id'], name=op.f('fk_rpa_robot_versions_robot_id_rpa_robots'), ondelete='CASCADE'),
+    sa.PrimaryKeyConstraint('id', name=op.f('pk_rpa_robot_versions')),
+    sa.UniqueConstraint('robot_id', 'number', name='uq_rpa_robot_versions_robot_number')
+    )
+    with op.batch_alter_table('rpa_robot_versions', schema=None) as batch_op:
+        batch_op.create_index(batch_op.f('ix_rpa_robot_versions_robot_id'), ['robot_id'], unique=False)
+
+    op.create_table('rpa_runs',
+    sa.Column('id', sa.Integer(), nullable=False),
+    sa.Column('robot_id', sa.Integer(), nullable=False),
+    sa.Column('version', sa.Integer(), nullable=False),
+    sa.Column('task', sa.String(length=255), nullable=False),
+    sa.Column('status', sa.String(length=16), nullable=False),
+    sa.Column('labels', sa.JSON(), nullable=False),
+    sa.Column('target_agent_id', sa.Integer(), nullable=True),
+    sa.Column('agent_id', sa.Integer(), nullable=True),
+    sa.Column('work_item_id', sa.Integer(), nullable=True),
+    sa.Column('variables', sa.JSON(), nullable=False),
+    sa.Column('input', sa.JSON(), nullable=True),
+    sa.Column('timeout_s', sa.Double(), nullable=False),
+    sa.Column('attempts', sa.Integer(), nullable=False),
+    sa.Column('stats', sa.JSON(), nullable=True),
+    sa.Column('message', sa.Text(), nullable=True),
+    sa.Column('exit_code', sa.Integer(), nullable=True),
+    sa.Column('env_hash', sa.String(length=64), nullable=True),
+    sa.Column('env_built', sa.Boolean(), nullable=True),
+    sa.Column('env_build_s', sa.Double(), nullable=True),
+    sa.Column('duration_s', sa.Double(), nullable=True),
+    sa.Column('files', sa.JSON(), nullable=False),
+    sa.Column('log_lines', sa.Integer(), nullable=False),
+    sa.Column('created_by', sa.String(length=128), nullable=False),
+    sa.Column('created_at', controltower.core.db.UtcDateTime(timezone=True), nullable=False),
+    sa.Column('started_at', controltower.core.db.UtcDateTime(timezone=True), nullable=True),
+    sa.Column('finished_at', controltower.core.db.UtcDateTime(timezone=True), nullable=True),
+    sa.ForeignKeyConstraint(['robot_id'], ['rpa_robots.id'], name=op.f('fk_rpa_runs_robot_id_rpa_robots'), ondelete='CASCADE'),
+    sa.PrimaryKeyConstraint('id', name=op.f('pk_rpa_runs'))
+    )
+    with op.batch_alter_table('rpa_runs', schema=None) as batch_op:
+        batch_op.create_index('ix_rpa_runs_robot_status', ['robot_id', 'status'], unique=False)
+        batch_op.create_index(batch_op.f('ix_rpa_runs_work_item_id'), ['work_item_id'], unique=False)
+
     op.create_table('samples',
     sa.Column('series_id', sa.Integer(), autoincrement=False, nullable=False),
     sa.Column('ts', sa.Double(), nullable=False),
@@ -294,6 +446,24 @@ def upgrade() -> None:
     sa.ForeignKeyConstraint(['series_id'], ['series.id'], name=op.f('fk_series_latest_series_id_series'), ondelete='CASCADE'),
     sa.PrimaryKeyConstraint('series_id', name=op.f('pk_series_latest'))
     )
+    op.create_table('iot_files',
+    sa.Column('id', sa.Integer(), nullable=False),
+    sa.Column('device_id', sa.String(length=64), nullable=False),
+    sa.Column('sha256', sa.String(length=64), nullable=False),
+    sa.Column('size', sa.BigInteger(), nullable=False),
+    sa.Column('content_type', sa.String(length=255), nullable=False),
+    sa.Column('filename', sa.String(length=255), nullable=True),
+    sa.Column('command_id', sa.Integer(), nullable=True),
+    sa.Column('ts', controltower.core.db.UtcDateTime(timezone=True), nullable=False),
+    sa.ForeignKeyConstraint(['command_id'], ['iot_commands.id'], name=op.f('fk_iot_files_command_id_iot_commands'), ondelete='SET NULL'),
+    sa.ForeignKeyConstraint(['device_id'], ['iot_devices.id'], name=op.f('fk_iot_files_device_id_iot_devices'), ondelete='CASCADE'),
+    sa.PrimaryKeyConstraint('id', name=op.f('pk_iot_files'))
+    )
+    with op.batch_alter_table('iot_files', schema=None) as batch_op:
+        batch_op.create_index(batch_op.f('ix_iot_files_command_id'), ['command_id'], unique=False)
+        batch_op.create_index(batch_op.f('ix_iot_files_device_id'), ['device_id'], unique=False)
+        batch_op.create_index(batch_op.f('ix_iot_files_sha256'), ['sha256'], unique=False)
+
     op.create_table('monitor_notifications',
     sa.Column('id', sa.Integer(), nullable=False),
     sa.Column('webhook_id', sa.Integer(), nullable=False),
@@ -314,19 +484,49 @@ def upgrade() -> None:
     with op.batch_alter_table('monitor_notifications', schema=None) as batch_op:
         batch_op.create_index('ix_monitor_notifications_due', ['status', 'next_attempt_at'], unique=False)
 
+    op.create_table('rpa_run_log',
+    sa.Column('id', sa.Integer(), nullable=False),
+    sa.Column('run_id', sa.Integer(), nullable=False),
+    sa.Column('seq', sa.Integer(), nullable=False),
+    sa.Column('ts', controltower.core.db.UtcDateTime(timezone=True), nullable=False),
+    sa.Column('line', sa.Text(), nullable=False),
+    sa.ForeignKeyConstraint(['run_id'], ['rpa_runs.id'], name=op.f('fk_rpa_run_log_run_id_rpa_runs'), ondelete='CASCADE'),
+    sa.PrimaryKeyConstraint('id', name=op.f('pk_rpa_run_log')),
+    sa.UniqueConstraint('run_id', 'seq', name='uq_rpa_run_log_run_seq')
+    )
     # ### end Alembic commands ###
 
 
 def downgrade() -> None:
     # ### commands auto generated by Alembic - please adjust! ###
+    op.drop_table('rpa_run_log')
     with op.batch_alter_table('monitor_notifications', schema=None) as batch_op:
         batch_op.drop_index('ix_monitor_notifications_due')
 
     op.drop_table('monitor_notifications')
+    with op.batch_alter_table('iot_files', schema=None) as batch_op:
+        batch_op.drop_index(batch_op.f('ix_iot_files_sha256'))
+        batch_op.drop_index(batch_op.f('ix_iot_files_device_id'))
+        batch_op.drop_index(batch_op.f('ix_iot_files_command_id'))
+
+    op.drop_table('iot_files')
     op.drop_table('series_latest')
     op.drop_table('samples_1m')
     op.drop_table('samples_1h')
     op.drop_table('samples')
+    with op.batch_alter_table('rpa_runs', schema=None) as batch_op:
+        batch_op.drop_index(batch_op.f('ix_rpa_runs_work_item_id'))
+        batch_op.drop_index('ix_rpa_runs_robot_status')
+
+    op.drop_table('rpa_runs')
+    with op.batch_alter_table('rpa_robot_versions', schema=None) as batch_op:
+        batch_op.drop_index(batch_op.f('ix_rpa_robot_versions_robot_id'))
+
+    op.drop_table('rpa_robot_versions')
+    with op.batch_alter_table('rpa_robot_audit', schema=None) as batch_op:
+        batch_op.drop_index(batch_op.f('ix_rpa_robot_audit_robot_id'))
+
+    op.drop_table('rpa_robot_audit')
     op.drop_table('monitor_hosts')
     with op.batch_alter_table('monitor_check_states', schema=None) as batch_op:
         batch_op.drop_index('ix_monitor_check_states_check_ts')
@@ -341,6 +541,17 @@ def downgrade() -> None:
         batch_op.drop_index('ix_monitor_alerts_rule_fp_state')
 
     op.drop_table('monitor_alerts')
+    with op.batch_alter_table('iot_commands', schema=None) as batch_op:
+        batch_op.drop_index(batch_op.f('ix_iot_commands_expires_at'))
+        batch_op.drop_index('ix_iot_commands_device_state')
+        batch_op.drop_index(batch_op.f('ix_iot_commands_broadcast_id'))
+
+    op.drop_table('iot_commands')
+    op.drop_table('iot_attributes')
+    with op.batch_alter_table('iot_attribute_history', schema=None) as batch_op:
+        batch_op.drop_index('ix_iot_attribute_history_device_key_ts')
+
+    op.drop_table('iot_attribute_history')
     with op.batch_alter_table('api_tokens', schema=None) as batch_op:
         batch_op.drop_index(batch_op.f('ix_api_tokens_subject'))
 
@@ -358,10 +569,18 @@ def downgrade() -> None:
 
     op.drop_table('series')
     op.drop_table('scheduler_leader')
+    op.drop_table('rpa_robots')
     op.drop_table('monitor_webhooks')
     op.drop_table('monitor_silences')
     op.drop_table('monitor_checks')
     op.drop_table('monitor_alert_rules')
+    op.drop_table('iot_devices')
+    with op.batch_alter_table('iot_dead_letters', schema=None) as batch_op:
+        batch_op.drop_index(batch_op.f('ix_iot_dead_letters_ts'))
+        batch_op.drop_index(batch_op.f('ix_iot_dead_letters_kind'))
+        batch_op.drop_index(batch_op.f('ix_iot_dead_letters_device_id'))
+
+    op.drop_table('iot_dead_letters')
     with op.batch_alter_table('events', schema=None) as batch_op:
         batch_op.drop_index(batch_op.f('ix_events_ts'))
         batch_op.drop_index(batch_op.f('ix_events_topic'))

@@ -1,0 +1,26 @@
+"""IoT: a device registry, telemetry pushed over MQTT or HTTP, files, dead letters, and commands to devices."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from controltower.core.context import Context
+
+# Nothing heavy at package level: `controltower.iot.device` runs on small devices.
+
+
+def setup(ctx: Context) -> None:
+    """Mount IoT's routes, its MQTT service, jobs, the `iot.send_command` action and /metrics collector."""
+    from controltower.iot import actions, api, commands, exporter, presence, service
+    from controltower.iot.hub import hub_of
+
+    hub = hub_of(ctx)
+    ctx.include_router(api.devices_router)
+    ctx.include_router(api.iot_router)
+    ctx.add_service("iot.mqtt", service.runner(ctx, hub))
+    ctx.scheduler.every("iot.commands.expire", 2.0, lambda: commands.expire_due(ctx))
+    ctx.scheduler.every("iot.commands.redeliver", 10.0, lambda: service.redeliver(ctx, hub))
+    ctx.scheduler.every("iot.presence.http", 30.0, lambda: presence.expire_http(ctx))
+    actions.register(ctx)
+    exporter.setup(ctx, hub)

@@ -1,0 +1,124 @@
+"""The embedded MQTT broker (amqtt): device login by id and token, the per-device topic ACL, and hooks
+that hand published messages and connection changes to the hub."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+from amqtt.broker import Broker, BrokerContext
+from amqtt.contexts import Action
+from amqtt.plugins.base import BaseAuthPlugin, BaseTopicPlugin
+from amqtt.session import ApplicationMessage, Session
+
+from controltower.iot import topics
+from controltower.iot.hub import Hub
+
+log = logging.getLogger("controltower.iot.broker")
+
+
+class DevicePlugin(BaseAuthPlugin, BaseTopicPlugin):
+    """Authenticates devices, enforces `ct/d/{own id}/...`, and feeds the hub."""
+
+    @dataclass
+    class Config:
+        hub: Any = None
+
+    def __init__(self, context: BrokerContext) -> None:
+        super().__init__(context)
+        self.hub: Hub = self.config.hub
+        self.broker_context = context
+
+    async def authenticate(self, *, session: Session) -> bool | None:
+        try:
+            ok = await asyncio.to_thread(self.hub.check_device, session.username, session.password)
+        except Exception:
+            log.exception("MQTT login check failed for %r", session.username)
+            return False
+        if not ok:
+            log.info("MQTT login refused for username %r", session.username)
+        return ok
+
+    async def topic_filtering(
+        self, *, session: Session | None = None, topic: str | None = None, action: Action | None = None
+    ) -> bool | None:
+        if session is None or topic is None:
+            return False
+        return bool(session.username) and topics.may_access(session.username, topic)
+
+    async def on_broker_client_connected(self, *, client_id: str, client_session: Session) -> None:
+        if client_session.username:
+            self.hub.connected(client_session.username)
+
+    async def on_broker_client_disconnected(self, *, client_id: str, client_session: Session) -> None:
+        if client_session.username:
+            self.hub.disconnected(client_session.username)
+
+    async def on_broker_client_subscribed(self, *, client_id: str, topic: str, qos: int) -> None:
+        session = self.broker_context.get_session(client_id)
+        if session is None or not session.username:
+            return
+        commands_topic = topics.topic(session.username, topics.COMMANDS)
+        if _filter_matches(topic, commands_topic):
+            self.hub.commands_ready(session.username)
+
+    async def on_broker_message_broadcast(self, *, client_id: str, message: ApplicationMessage) -> None:
+        self.hub.message(message.topic, bytes(message.data or b""), "mqtt")
+
+
+def _filter_matches(topic_filter: str, topic: str) -> bool:
+    f_parts, t_parts = topic_filter.split("/"), topic.split("/")
+    for i, part in enumerate(f_parts):
+        if part == "#":
+            return True
+        if i >= len(t_parts) or (part != "+" and part != t_parts[i]):
+            return False
+    return len(f_parts) == len(t_parts)
+
+
+class EmbeddedBroker:
+    """amqtt on CT_MQTT_HOST:CT_MQTT_PORT in the server's event loop."""
+
+    name = "embedded"
+
+    def __init__(self, hub: Hub, host: str, port: int) -> None:
+        self.hub = hub
+        self.host = host
+        self.port = port
+        self._broker: Broker | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    def config(self) -> dict[str, Any]:
+        return {
+            "listeners": {"default": {"type": "tcp", "bind": f"{self.host}:{self.port}", "max_connections": -1}},
+            "plugins": {f"{__name__}.DevicePlugin": {"hub": self.hub}},
+        }
+
+    async def start(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._broker = Broker(self.config())
+        await self._broker.start()
+        log.warning("MQTT broker listening on %s:%d", self.host, self.port)
+
+    async def stop(self) -> None:
+        if self._broker is not None:
+            with contextlib.suppress(Exception):
+                await self._broker.shutdown()
+            self._broker = None
+
+    def publish(self, topic: str, payload: bytes, qos: int = 1) -> None:
+        broker, loop = self._broker, self._loop
+        if broker is None or loop is None:
+            raise RuntimeError("the embedded MQTT broker is not running")
+        coro = broker.internal_message_broadcast(topic, payload, qos)
+        try:
+            running = asyncio.get_running_loop()
+        except RuntimeError:
+            running = None
+        if running is loop:
+            loop.create_task(coro)
+        else:
+            asyncio.run_coroutine_threadsafe(coro, loop).result(timeout=10)

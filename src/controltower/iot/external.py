@@ -1,0 +1,83 @@
+"""A privileged client of an external MQTT broker (Mosquitto, EMQX, …) named by CT_MQTT_URL."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import uuid
+from typing import Any
+from urllib.parse import unquote, urlsplit
+
+import paho.mqtt.client as mqtt
+
+from controltower.iot import topics
+from controltower.iot.hub import Hub
+
+log = logging.getLogger("controltower.iot.external")
+
+
+class ExternalBroker:
+    """Subscribes to every device's telemetry, attributes, status and responses; publishes commands.
+
+    The broker itself authenticates devices and enforces the ACL (see docs/iot.md for Mosquitto).
+    """
+
+    name = "external"
+
+    def __init__(self, hub: Hub, url: str) -> None:
+        parts = urlsplit(url)
+        if parts.scheme not in ("mqtt", "mqtts"):
+            raise ValueError(f"CT_MQTT_URL: scheme must be mqtt:// or mqtts://, not {parts.scheme!r}")
+        if not parts.hostname:
+            raise ValueError("CT_MQTT_URL: a host is required, e.g. mqtt://user:pass@127.0.0.1:1883")
+        self.hub = hub
+        self.host = parts.hostname
+        self.port = parts.port or (8883 if parts.scheme == "mqtts" else 1883)
+        self.client = mqtt.Client(
+            mqtt.CallbackAPIVersion.VERSION2, client_id=f"ctower-server-{uuid.uuid4().hex[:8]}", clean_session=True
+        )
+        if parts.username:
+            self.client.username_pw_set(unquote(parts.username), unquote(parts.password or ""))
+        if parts.scheme == "mqtts":
+            self.client.tls_set()
+        self.client.on_connect = self._on_connect
+        self.client.on_message = self._on_message
+        self.client.on_disconnect = self._on_disconnect
+        self.connected = False
+
+    def _on_connect(self, client: mqtt.Client, _userdata: Any, _flags: Any, reason: Any, _props: Any) -> None:
+        if reason.is_failure:
+            log.error("external MQTT broker %s:%d refused the server: %s", self.host, self.port, reason)
+            return
+        self.connected = True
+        client.subscribe([(t, 1) for t in topics.SERVER_SUBSCRIPTIONS])
+        log.warning("connected to external MQTT broker %s:%d", self.host, self.port)
+
+    def _on_disconnect(self, _client: mqtt.Client, _userdata: Any, _flags: Any, reason: Any, _props: Any) -> None:
+        self.connected = False
+        log.warning("disconnected from external MQTT broker %s:%d (%s); reconnecting", self.host, self.port, reason)
+
+    def _on_message(self, _client: mqtt.Client, _userdata: Any, msg: mqtt.MQTTMessage) -> None:
+        try:
+            self.hub.message(msg.topic, msg.payload, "mqtt")
+        except Exception:
+            log.exception("handing %s to the hub failed", msg.topic)
+
+    async def start(self) -> None:
+        self.client.reconnect_delay_set(1, 30)
+        try:
+            await asyncio.to_thread(self.client.connect, self.host, self.port, 30)
+        except OSError as exc:
+            log.error("cannot reach external MQTT broker %s:%d (CT_MQTT_URL): %s; retrying", self.host, self.port,
+                      exc)
+            self.client.connect_async(self.host, self.port, 30)
+        self.client.loop_start()
+
+    async def stop(self) -> None:
+        self.client.disconnect()
+        await asyncio.to_thread(self.client.loop_stop)
+
+    def publish(self, topic: str, payload: bytes, qos: int = 1) -> None:
+        info = self.client.publish(topic, payload, qos)
+        if info.rc != mqtt.MQTT_ERR_SUCCESS:
+            raise RuntimeError(f"publish to {topic} failed: {mqtt.error_string(info.rc)}")

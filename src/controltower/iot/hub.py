@@ -1,0 +1,317 @@
+"""The ingestion hub: transports (embedded broker, external broker, HTTP) hand it messages and connection
+changes; one worker thread stores them in batches, keeps dead letters, and delivers queued commands."""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+from collections import Counter
+from dataclasses import dataclass
+from typing import Protocol
+
+from sqlalchemy.orm import Session
+
+from controltower.core.auth import Role, authenticate
+from controltower.core.context import Context
+from controltower.core.db import utcnow
+from controltower.iot import commands, deadletters, presence, topics
+from controltower.iot.models import Device
+from controltower.iot.payloads import (
+    Rejected,
+    load_json,
+    parse_attributes,
+    parse_response,
+    parse_telemetry,
+)
+from controltower.iot.store import store_attributes, store_readings
+
+log = logging.getLogger("controltower.iot.hub")
+
+QUEUE_MAX = 100_000
+BATCH_MAX = 500
+
+
+class Transport(Protocol):
+    """How the hub reaches devices: the embedded broker or a client of an external one."""
+
+    name: str
+
+    async def start(self) -> None: ...
+
+    async def stop(self) -> None: ...
+
+    def publish(self, topic: str, payload: bytes, qos: int = 1) -> None:
+        """Send to devices; callable from any thread."""
+
+
+@dataclass(frozen=True)
+class Job:
+    kind: str  # message | reject | connected | disconnected | deliver
+    device_id: str
+    topic: str = ""
+    payload: bytes = b""
+    source: str = "mqtt"
+    refusal: Rejected | None = None  # for `reject`: refused before it was queued
+
+
+@dataclass
+class Outcome:
+    """What storing one message did."""
+
+    readings: int = 0
+    numbers: int = 0
+    attributes: int = 0
+
+
+class Hub:
+    """Owns the ingestion queue and worker; thread-safe entry points for every transport."""
+
+    def __init__(self, ctx: Context) -> None:
+        self.ctx = ctx
+        self.transport: Transport | None = None
+        self.stats: Counter[str] = Counter()
+        self._queue: queue.Queue[Job | None] = queue.Queue(QUEUE_MAX)
+        self._lock = threading.Lock()
+        self._connections: Counter[str] = Counter()
+        self._ready: set[str] = set()
+        self._thread: threading.Thread | None = None
+        self._idle = threading.Event()
+        self._idle.set()
+
+    # -- lifecycle -----------------------------------------------------------------------------
+
+    def start_worker(self) -> None:
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._run, name="iot-ingest", daemon=True)
+            self._thread.start()
+
+    def stop_worker(self, timeout: float = 10.0) -> None:
+        if self._thread is not None:
+            self._queue.put(None)
+            self._thread.join(timeout)
+            self._thread = None
+
+    # -- entry points for transports (any thread) ----------------------------------------------
+
+    def check_device(self, username: str | None, password: str | None) -> bool:
+        """MQTT login: username = device id, password = its token (role device, subject device:<id>)."""
+        if not username or not password:
+            return False
+        principal = self.ctx.principals.get(password)
+        if principal is None:
+            with self.ctx.db.read_session() as session:
+                principal = authenticate(session, password)
+            if principal is not None:
+                self.ctx.principals.put(password, principal)
+        return principal is not None and principal.role == Role.device and principal.subject == f"device:{username}"
+
+    def message(self, topic: str, payload: bytes, source: str = "mqtt") -> None:
+        """A device published; oversize is refused here, the rest is parsed on the worker."""
+        self.stats["received"] += 1
+        parsed = topics.parse(topic)
+        device_id = parsed.device_id if parsed else ""
+        limit = self.ctx.settings.iot_message_max_bytes
+        if len(payload) > limit:
+            reason = f"body: {len(payload)} bytes; the limit is {limit} (CT_IOT_MESSAGE_MAX_BYTES)"
+            kept = payload[: deadletters.PAYLOAD_KEEP]
+            self._enqueue(Job("reject", device_id, topic, kept, source, Rejected("oversize", reason)))
+            return
+        self._enqueue(Job("message", device_id, topic, payload, source))
+
+    def connected(self, device_id: str) -> None:
+        with self._lock:
+            self._connections[device_id] += 1
+            first = self._connections[device_id] == 1
+        if first:
+            self._enqueue(Job("connected", device_id))
+
+    def disconnected(self, device_id: str) -> None:
+        with self._lock:
+            self._connections[device_id] -= 1
+            last = self._connections[device_id] <= 0
+            if last:
+                del self._connections[device_id]
+                self._ready.discard(device_id)
+        if last:
+            self._enqueue(Job("disconnected", device_id))
+
+    def commands_ready(self, device_id: str, ready: bool = True) -> None:
+        """The device listens for commands (subscribed, or said `online`): deliver what is queued."""
+        with self._lock:
+            if ready:
+                self._ready.add(device_id)
+            else:
+                self._ready.discard(device_id)
+        if ready:
+            self._enqueue(Job("deliver", device_id))
+
+    def is_ready(self, device_id: str) -> bool:
+        with self._lock:
+            return device_id in self._ready
+
+    def notify_command(self, device_id: str) -> None:
+        """A command was queued (and committed): deliver now if the device listens."""
+        if self.is_ready(device_id):
+            self._enqueue(Job("deliver", device_id))
+
+    def flush(self, timeout: float = 30.0) -> bool:
+        """Wait until everything queued so far is processed (tests, shutdown)."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self._queue.unfinished_tasks == 0:
+                return True
+            time.sleep(0.01)
+        return False
+
+    def _enqueue(self, job: Job) -> None:
+        try:
+            self._queue.put_nowait(job)
+        except queue.Full:
+            self.stats["dropped"] += 1
+            log.warning("iot ingestion queue full (%d); dropped %s from %s", QUEUE_MAX, job.kind, job.device_id)
+
+    # -- the worker ----------------------------------------------------------------------------
+
+    def _run(self) -> None:
+        while True:
+            first = self._queue.get()
+            if first is None:
+                self._queue.task_done()
+                return
+            batch = [first]
+            stop = False
+            while len(batch) < BATCH_MAX:
+                try:
+                    job = self._queue.get_nowait()
+                except queue.Empty:
+                    break
+                if job is None:
+                    stop = True
+                    self._queue.task_done()
+                    break
+                batch.append(job)
+            try:
+                self._process(batch)
+            except Exception:
+                log.exception("iot ingestion batch failed")
+            finally:
+                for _ in batch:
+                    self._queue.task_done()
+            if stop:
+                return
+
+    def _process(self, batch: list[Job]) -> None:
+        outbox: list[tuple[str, bytes]] = []
+        try:
+            with self.ctx.db.session() as session:
+                for job in batch:
+                    self._handle(session, job, outbox)
+        except Exception:
+            log.exception("iot batch of %d failed; storing its messages one by one", len(batch))
+            outbox = []
+            for job in batch:
+                try:
+                    with self.ctx.db.session() as session:
+                        self._handle(session, job, outbox)
+                except Exception as exc:
+                    log.exception("iot message from %s failed", job.device_id)
+                    self._dead_letter_alone(job, "error", f"{exc.__class__.__name__}: {exc}")
+        self._publish(outbox)
+
+    def _publish(self, outbox: list[tuple[str, bytes]]) -> None:
+        transport = self.transport
+        for topic, payload in outbox:
+            if transport is None:
+                log.warning("no MQTT transport; command for %s stays sent until it times out", topic)
+                continue
+            try:
+                transport.publish(topic, payload, 1)
+            except Exception:
+                log.exception("publishing %s failed", topic)
+
+    def _dead_letter_alone(self, job: Job, kind: str, reason: str) -> None:
+        try:
+            with self.ctx.db.session() as session:
+                deadletters.record(session, source=job.source, topic=job.topic, kind=kind, reason=reason,
+                                   payload=job.payload, device_id=job.device_id or None)
+            self.stats["dead_letters"] += 1
+        except Exception:
+            log.exception("could not keep a dead letter for %s", job.topic)
+
+    def _handle(self, session: Session, job: Job, outbox: list[tuple[str, bytes]]) -> None:
+        """One job in the batch's transaction. Every check comes before any write, so a refusal writes
+        only its dead letter."""
+        if job.refusal is not None:
+            self._reject(session, job, job.refusal)
+            return
+        if job.kind == "deliver":
+            for command in commands.take_pending(self.ctx, session, job.device_id):
+                outbox.append((topics.topic(job.device_id, topics.COMMANDS), commands.message(command)))
+            return
+        device = session.get(Device, job.device_id) if job.device_id else None
+        if job.kind in ("connected", "disconnected"):
+            if device is not None:
+                status = presence.ONLINE if job.kind == "connected" else presence.OFFLINE
+                presence.set_status(self.ctx, session, device, status, "mqtt")
+            return
+        try:
+            if device is None:
+                raise Rejected("unknown_device", f"topic: no device with id {job.device_id!r} ({job.topic})")
+            self.store(session, device, job.topic, job.payload, job.source)
+            self.stats["stored"] += 1
+        except Rejected as exc:
+            self._reject(session, job, exc)
+
+    def _reject(self, session: Session, job: Job, exc: Rejected) -> None:
+        deadletters.record(session, source=job.source, topic=job.topic, kind=exc.kind, reason=exc.reason,
+                           payload=job.payload, device_id=job.device_id or None)
+        self.stats["dead_letters"] += 1
+
+    def store(self, session: Session, device: Device, topic: str, payload: bytes, via: str) -> Outcome:
+        """Parse and store one message of `device`; Rejected (nothing written) when it is bad."""
+        parsed = topics.parse(topic)
+        if parsed is None or parsed.device_id != device.id:
+            raise Rejected("invalid", f"topic: {topic!r} is not under {topics.device_prefix(device.id)}")
+        now = time.time()
+        outcome = Outcome()
+        if parsed.channel == topics.TELEMETRY and not parsed.rest:
+            readings = parse_telemetry(load_json(payload), now)
+            outcome.readings = len(readings)
+            outcome.numbers, outcome.attributes = store_readings(self.ctx, session, device.id, readings)
+        elif parsed.channel == topics.ATTRIBUTES and not parsed.rest:
+            values = parse_attributes(load_json(payload))
+            outcome.attributes = store_attributes(session, device.id, values, utcnow())
+        elif parsed.channel == topics.STATUS and not parsed.rest:
+            self._status(session, device, payload)
+            return outcome
+        elif parsed.channel == topics.RESPONSES and parsed.rest:
+            try:
+                command_id = int(parsed.rest)
+            except ValueError:
+                raise Rejected("invalid", f"topic: {parsed.rest!r} is not a command id") from None
+            commands.respond(self.ctx, session, device.id, command_id, parse_response(load_json(payload)))
+        else:
+            raise Rejected("invalid", f"topic: {topic!r} is not a channel devices publish to")
+        device.messages_received = (device.messages_received or 0) + 1
+        presence.seen(self.ctx, session, device, via)
+        return outcome
+
+    def _status(self, session: Session, device: Device, payload: bytes) -> None:
+        text = payload.decode("utf-8", errors="replace").strip().strip('"').lower()
+        if text not in (presence.ONLINE, presence.OFFLINE):
+            raise Rejected("invalid", f"body: status must be 'online' or 'offline', not {text[:40]!r}")
+        presence.set_status(self.ctx, session, device, text, "mqtt")
+        self.commands_ready(device.id, text == presence.ONLINE)
+
+
+_HUBS: dict[int, Hub] = {}
+
+
+def hub_of(ctx: Context) -> Hub:
+    """The one hub of a Context (the API, the service and the actions share it)."""
+    hub = _HUBS.get(id(ctx))
+    if hub is None or hub.ctx is not ctx:
+        hub = _HUBS[id(ctx)] = Hub(ctx)
+    return hub

@@ -1,0 +1,102 @@
+"""Monitor's dashboard pages: the fleet overview here; hosts, checks and alerts in ui_host / ui_checks / ui_alerts."""
+
+from __future__ import annotations
+
+from fastapi import Request
+from fastapi.responses import Response
+from nicegui import run, ui
+
+from controltower.core.context import Context
+from controltower.monitor import ui_alerts, ui_checks, ui_data, ui_host
+from controltower.monitor.ui_charts import percent, rate, sparkline
+from controltower.monitor.ui_nav import STATUS_COLORS, submenu
+from controltower.web import session as web_session
+from controltower.web.areas import page
+from controltower.web.layout import frame
+
+REFRESH_S = 5.0
+
+
+class _Card:
+    """One host's card; its labels and sparklines change in place on every refresh."""
+
+    def __init__(self, name: str) -> None:
+        with ui.card().classes("w-72 max-sm:w-full").props(f"data-host={name}"):
+            with ui.row().classes("w-full items-center justify-between no-wrap"):
+                ui.link(name, f"/monitor/hosts/{name}").classes("font-bold text-base truncate")
+                self.status = ui.badge("")
+            self.rows: dict[str, tuple[ui.label, ui.html]] = {}
+            for key, title in (("cpu", "CPU"), ("memory", "Memory"), ("disk", "Disk"), ("net", "Network")):
+                with ui.row().classes("w-full items-center justify-between no-wrap gap-2"):
+                    ui.label(title).classes("text-xs w-14")
+                    spark = ui.html("", sanitize=False).classes("text-primary")
+                    value = ui.label("-").classes("text-xs w-20 text-right").props(f"data-metric={key}")
+                self.rows[key] = (value, spark)
+
+    def show(self, fleet: ui_data.FleetView, host: ui_data.HostPublic) -> None:
+        self.status.set_text(host.status.upper())
+        self.status.props(f"color={STATUS_COLORS.get(host.status, 'grey')}")
+        sparks = fleet.sparks.get(host.name, {})
+        values = {"cpu": percent(host.cpu_percent), "memory": percent(host.memory_percent),
+                  "disk": percent(host.disk_percent), "net": rate(fleet.net_now.get(host.name))}
+        for key, (label, spark) in self.rows.items():
+            label.set_text(values[key])
+            svg = sparkline(sparks.get(key, []), None if key == "net" else 100.0)
+            if spark.content != svg:
+                spark.set_content(svg)
+
+
+def _fleet_page(ctx: Context) -> None:
+    @page("/monitor")
+    async def fleet(request: Request) -> Response | None:
+        user = web_session.page_user(ctx, request)
+        if isinstance(user, Response):
+            return user
+        with frame(ctx, user, "Fleet", "/monitor"):
+            submenu("/monitor")
+            alerts_box = ui.column().classes("w-full gap-2")
+            with ui.row().classes("items-center gap-4"):
+                ui.label("Checks").classes("font-bold")
+                counts = {s: ui.badge("", color=STATUS_COLORS[s]).props(f"data-checks={s}") for s in ("up", "down",
+                                                                                                      "unknown")}
+                ui.link("all checks", "/monitor/checks")
+            ui.label("Hosts").classes("text-xl font-bold")
+            grid = ui.row().classes("w-full gap-4")
+            cards: dict[str, _Card] = {}
+
+            async def refresh() -> None:
+                view = await run.io_bound(ui_data.fleet, ctx)
+                for state, badge in counts.items():
+                    badge.set_text(f"{view.check_states.get(state, 0)} {state}")
+                alerts_box.clear()
+                with alerts_box:
+                    for row in view.firing:
+                        with ui.row().classes("w-full items-center gap-2 rounded p-2 bg-negative text-white"):
+                            ui.icon("warning")
+                            ui.label(f"{row['rule']} ({row['severity']})").classes("font-bold")
+                            ui.label(row["summary"] or row["labels"]).classes("text-sm")
+                            ui.link("alerts", "/monitor/alerts").classes("text-white")
+                names = [h.name for h in view.hosts]
+                if list(cards) != names:
+                    grid.clear()
+                    cards.clear()
+                    with grid:
+                        if not names:
+                            ui.label("No host reports yet: start `ctower agent` on a machine, or `ctower up` "
+                                     "without --no-agent.")
+                        for name in names:
+                            cards[name] = _Card(name)
+                for host in view.hosts:
+                    cards[host.name].show(view, host)
+
+            await refresh()
+            ui.timer(REFRESH_S, refresh)
+        return None
+
+
+def register(ctx: Context) -> None:
+    """Every monitor page; called from monitor's setup(ctx)."""
+    _fleet_page(ctx)
+    ui_host.register(ctx)
+    ui_checks.register(ctx)
+    ui_alerts.register(ctx)

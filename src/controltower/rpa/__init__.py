@@ -1,0 +1,19 @@
+"""RPA: robot packages, their versions on the server, runs on agents, and the development CLI."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from controltower.core.context import Context
+
+# Nothing is imported at package level: the agent loads `rpa.runner` and must stay small.
+
+
+def setup(ctx: Context) -> None:
+    """Mount RPA's routes, its action `rpa.run_robot`, and the handler that marks runs of lost agents."""
+    from controltower.rpa import actions, api, runs
+
+    ctx.include_router(api.router)
+    actions.register(ctx)
+    ctx.events.subscribe("work.item.expired", lambda event: runs.on_work_expired(ctx, event))

@@ -1,0 +1,1 @@
+"""Dashboard shell: NiceGUI mounted on the API's FastAPI app, login, layout and navigation; subsystems add pages."""

@@ -1,0 +1,155 @@
+"""The embedded broker end to end: real paho devices, ACL, status, commands (offline queue, restart), interop."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+from collections.abc import Iterator
+
+import pytest
+
+from tests.iot.mqtt_support import DeviceClient
+from tests.support import RunningServer, free_port, start_server, wait_for
+
+
+@pytest.fixture(scope="module")
+def srv(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]:
+    server = start_server(tmp_path_factory.mktemp("iot-mqtt") / "data")
+    yield server
+    server.stop()
+
+
+def _mqtt_port(srv: RunningServer) -> int:
+    return int(srv.env["CT_MQTT_PORT"])
+
+
+def _new_device(srv: RunningServer, name: str) -> dict:
+    with srv.client() as admin:
+        return admin.post("devices", {"name": name, "labels": ["mqtt-test"]})
+
+
+def _device(srv: RunningServer, device_id: str) -> dict:
+    with srv.client() as admin:
+        return admin.get(f"devices/{device_id}")
+
+
+def test_telemetry_status_and_dead_letters_over_mqtt(srv: RunningServer) -> None:
+    dev = _new_device(srv, "mqtt-sensor")
+    client = DeviceClient(_mqtt_port(srv), dev["id"], dev["token"]).connect()
+    wait_for(lambda: _device(srv, dev["id"])["status"] == "online", message="online")
+    client.publish("telemetry", b'{"values": ')  # malformed
+    client.publish("telemetry", json.dumps({"values": {"humidity": "wet"}, "ts": "soon"}).encode())
+    client.publish("telemetry", json.dumps({"values": {"humidity": 41.5, "door": "open"}}).encode())
+    detail = wait_for(lambda: (d := _device(srv, dev["id"]))["telemetry"] and d, message="telemetry stored")
+    assert [(t["key"], t["value"]) for t in detail["telemetry"]] == [("humidity", 41.5)]
+    assert {a["key"]: a["value"] for a in detail["attributes"]} == {"door": "open"}
+    with srv.client() as admin:
+        letters = admin.get("iot/dead-letters", device_id=dev["id"])
+    assert sorted(x["kind"] for x in letters) == ["invalid", "malformed_json"]
+    assert all(x["source"] == "mqtt" and x["topic"] == f"ct/d/{dev['id']}/telemetry" for x in letters)
+    client.close()
+    wait_for(lambda: _device(srv, dev["id"])["status"] == "offline", message="offline")
+    with srv.client() as admin:
+        events = admin.get("events", pattern="iot.device.*", limit=100)
+    mine = [e["topic"] for e in events if e["payload"].get("device") == dev["id"]]
+    assert mine == ["iot.device.created", "iot.device.online", "iot.device.offline"]
+
+
+def test_acl_keeps_devices_to_their_own_topics(srv: RunningServer) -> None:
+    a, b = _new_device(srv, "acl-a"), _new_device(srv, "acl-b")
+    wrong = DeviceClient(_mqtt_port(srv), a["id"], b["token"])
+    wrong.client.connect("127.0.0.1", _mqtt_port(srv))
+    wrong.client.loop_start()
+    wait_for(lambda: wrong.connect_result, message="CONNACK")
+    assert wrong.connect_result[0] != 0  # B's token does not log in as A
+    wrong.client.loop_stop()
+
+    client_a = DeviceClient(_mqtt_port(srv), a["id"], a["token"]).connect()
+    assert client_a.subscribe(f"ct/d/{b['id']}/commands") == 0x80
+    assert client_a.subscribe("ct/d/+/commands") == 0x80
+    assert client_a.subscribe("#") == 0x80
+    assert client_a.subscribe(f"ct/d/{a['id']}/commands") == 1
+    client_a.client.publish(f"ct/d/{b['id']}/telemetry", json.dumps({"values": {"spoof": 1}})).wait_for_publish(10)
+    client_a.publish("telemetry", json.dumps({"values": {"real": 1}}).encode())
+    wait_for(lambda: _device(srv, a["id"])["telemetry"], message="A's own telemetry")
+    with srv.client() as admin:
+        admin.post(f"devices/{b['id']}/commands", {"name": "secret", "one_way": True})
+    assert _device(srv, b["id"])["telemetry"] == []  # A could not publish as B
+    assert client_a.messages(f"ct/d/{b['id']}/commands") == []
+    client_a.close()
+
+
+def test_commands_round_trip_and_offline_queue(srv: RunningServer) -> None:
+    dev = _new_device(srv, "cmd-dev")
+    with srv.client() as admin:
+        queued = admin.post(f"devices/{dev['id']}/commands", {"name": "reboot", "params": {"delay": 1}})
+    assert queued["state"] == "queued"
+    client = DeviceClient(_mqtt_port(srv), dev["id"], dev["token"]).connect()
+    commands_topic = f"ct/d/{dev['id']}/commands"
+    client.subscribe(commands_topic)
+    [delivered] = wait_for(lambda: client.messages(commands_topic), message="queued command delivered")
+    body = json.loads(delivered)
+    assert body["id"] == queued["id"] and body["name"] == "reboot" and body["params"] == {"delay": 1}
+    client.publish(f"responses/{queued['id']}", json.dumps({"status": "succeeded", "result": {"ok": True}}).encode())
+    with srv.client() as admin:
+        done = wait_for(lambda: (c := admin.get(f"iot/commands/{queued['id']}"))["state"] == "succeeded" and c,
+                        message="succeeded")
+        assert done["result"] == {"ok": True} and done["sent_at"] is not None
+
+        # the action waits for the answer while a responder answers
+        client.client.on_message = lambda _c, _u, msg: client.client.publish(
+            f"ct/d/{dev['id']}/responses/{json.loads(msg.payload)['id']}",
+            json.dumps({"status": "failed", "error": "busy"}), qos=1)
+        called = admin.post("actions/iot.send_command", {"device": dev["id"], "name": "capture", "timeout_s": 20})
+    result = called["result"]
+    assert result["state"] == "failed" and result["error"] == "busy"
+    client.close()
+
+
+def test_queued_command_survives_a_restart(tmp_path) -> None:
+    server = start_server(tmp_path / "data")
+    try:
+        dev = _new_device(server, "restart-dev")
+        with server.client() as admin:
+            queued = admin.post(f"devices/{dev['id']}/commands", {"name": "sync", "timeout_s": 60})
+        server.restart()
+        client = DeviceClient(_mqtt_port(server), dev["id"], dev["token"]).connect()
+        client.subscribe(f"ct/d/{dev['id']}/#")
+        [body] = wait_for(lambda: client.messages(f"ct/d/{dev['id']}/commands"), message="delivered after restart")
+        assert json.loads(body)["id"] == queued["id"]
+        with server.client() as admin:
+            assert admin.get(f"iot/commands/{queued['id']}")["state"] == "sent"
+        client.close()
+    finally:
+        server.stop()
+
+
+@pytest.mark.skipif(shutil.which("mosquitto_pub") is None, reason="mosquitto-clients not installed")
+def test_mosquitto_pub_interop(srv: RunningServer) -> None:
+    dev = _new_device(srv, "interop")
+    payload = json.dumps({"ts": 1_700_000_000, "values": {"pressure": 1013.25}})
+    subprocess.run(["mosquitto_pub", "-h", "127.0.0.1", "-p", str(_mqtt_port(srv)), "-u", dev["id"], "-P",
+                    dev["token"], "-q", "1", "-t", f"ct/d/{dev['id']}/telemetry", "-m", payload],
+                   check=True, timeout=30)
+    detail = wait_for(lambda: (d := _device(srv, dev["id"]))["telemetry"] and d, message="interop telemetry")
+    assert detail["telemetry"][0]["value"] == 1013.25
+    refused = subprocess.run(["mosquitto_pub", "-h", "127.0.0.1", "-p", str(_mqtt_port(srv)), "-u", dev["id"],
+                              "-P", "wrong", "-t", f"ct/d/{dev['id']}/telemetry", "-m", payload],
+                             capture_output=True, text=True, timeout=30)
+    assert refused.returncode != 0
+
+
+def test_busy_mqtt_port_is_a_clear_error(tmp_path) -> None:
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", 0))
+        holder.listen()
+        port = holder.getsockname()[1]
+        env = {**os.environ, "CT_MQTT_PORT": str(port), "CT_DATA_DIR": str(tmp_path)}
+        out = subprocess.run([sys.executable, "-m", "controltower", "up", "--no-agent", "--port", str(free_port())],
+                             env=env, capture_output=True, text=True, timeout=60)
+    assert out.returncode == 2
+    assert "CT_MQTT_PORT" in out.stderr and str(port) in out.stderr

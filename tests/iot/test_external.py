@@ -1,0 +1,126 @@
+"""The server as a privileged client of a real Mosquitto (CT_MQTT_URL): telemetry in, commands out, ACL."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import signal
+import subprocess
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import skip_or_fail
+from tests.iot.mqtt_support import DeviceClient
+from tests.support import RunningServer, free_port, start_server, wait_for
+
+SERVER_USER, SERVER_PASSWORD = "ctower", "server-secret"
+
+
+@dataclass
+class Mosquitto:
+    port: int
+    passwd: Path
+    proc: subprocess.Popen[bytes]
+
+    def add_user(self, user: str, password: str) -> None:
+        subprocess.run(["mosquitto_passwd", "-b", str(self.passwd), user, password], check=True, timeout=30)
+        self.proc.send_signal(signal.SIGHUP)  # reload the password file
+
+
+@pytest.fixture(scope="module")
+def mosquitto(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Mosquitto]:
+    if shutil.which("mosquitto") is None and not Path("/usr/sbin/mosquitto").exists():
+        skip_or_fail("mosquitto is not installed (apt-get install mosquitto mosquitto-clients)")
+    binary = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
+    root = tmp_path_factory.mktemp("mosquitto")
+    passwd, acl, conf = root / "passwd", root / "acl", root / "mosquitto.conf"
+    passwd.touch()
+    subprocess.run(["mosquitto_passwd", "-b", str(passwd), SERVER_USER, SERVER_PASSWORD], check=True, timeout=30)
+    acl.write_text(f"user {SERVER_USER}\ntopic readwrite ct/#\n\npattern readwrite ct/d/%u/#\n")
+    port = free_port()
+    conf.write_text(
+        f"listener {port} 127.0.0.1\nallow_anonymous false\npassword_file {passwd}\nacl_file {acl}\n"
+        "persistence false\nuser root\n"
+    )
+    proc = subprocess.Popen([binary, "-c", str(conf)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    broker = Mosquitto(port, passwd, proc)
+    wait_for(lambda: _listening(port), message="mosquitto listening")
+    yield broker
+    proc.terminate()
+    proc.wait(10)
+
+
+def _listening(port: int) -> bool:
+    import socket
+
+    with socket.socket() as sock:
+        return sock.connect_ex(("127.0.0.1", port)) == 0
+
+
+@pytest.fixture(scope="module")
+def srv(mosquitto: Mosquitto, tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]:
+    url = f"mqtt://{SERVER_USER}:{SERVER_PASSWORD}@127.0.0.1:{mosquitto.port}"
+    server = start_server(tmp_path_factory.mktemp("iot-ext") / "data", env={"CT_MQTT_URL": url})
+    yield server
+    server.stop()
+
+
+def _enrol(srv: RunningServer, mosquitto: Mosquitto, name: str) -> dict:
+    with srv.client() as admin:
+        dev = admin.post("devices", {"name": name})
+    mosquitto.add_user(dev["id"], dev["token"])
+    return dev
+
+
+def _connect(mosquitto: Mosquitto, dev: dict) -> DeviceClient:
+    def attempt() -> DeviceClient | None:
+        client = DeviceClient(mosquitto.port, dev["id"], dev["token"], will=True).connect()
+        if client.connect_result[0] == 0:
+            return client
+        client.close()
+        return None
+
+    return wait_for(attempt, message="device login after the password file reload")
+
+
+def test_telemetry_status_and_commands_through_mosquitto(srv: RunningServer, mosquitto: Mosquitto) -> None:
+    dev = _enrol(srv, mosquitto, "ext-dev")
+    with srv.client() as admin:
+        queued = admin.post(f"devices/{dev['id']}/commands", {"name": "ping"})
+    client = _connect(mosquitto, dev)
+    client.subscribe(f"ct/d/{dev['id']}/commands")
+    client.client.publish(f"ct/d/{dev['id']}/status", b"online", qos=1, retain=True).wait_for_publish(10)
+    client.publish("telemetry", json.dumps({"values": {"level": 3.5}}).encode())
+    client.publish("telemetry", b"garbage")
+    with srv.client() as admin:
+        detail = wait_for(lambda: (d := admin.get(f"devices/{dev['id']}"))["telemetry"] and d, message="telemetry")
+        assert detail["status"] == "online" and detail["telemetry"][0]["value"] == 3.5
+        [body] = wait_for(lambda: client.messages(f"ct/d/{dev['id']}/commands"), message="command delivered")
+        assert json.loads(body)["id"] == queued["id"]
+        client.publish(f"responses/{queued['id']}", b'{"result": "pong"}')
+        wait_for(lambda: admin.get(f"iot/commands/{queued['id']}")["state"] == "succeeded", message="answered")
+        letters = wait_for(lambda: admin.get("iot/dead-letters", device_id=dev["id"]), message="dead letter")
+        assert letters[0]["kind"] == "malformed_json"
+        client.drop()  # no DISCONNECT: Mosquitto publishes the last will
+        wait_for(lambda: admin.get(f"devices/{dev['id']}")["status"] == "offline", message="offline by last will")
+
+
+def test_mosquitto_acl_keeps_devices_apart(srv: RunningServer, mosquitto: Mosquitto) -> None:
+    a, b = _enrol(srv, mosquitto, "ext-a"), _enrol(srv, mosquitto, "ext-b")
+    client_a = _connect(mosquitto, a)
+    client_b = _connect(mosquitto, b)
+    client_b.subscribe(f"ct/d/{b['id']}/commands")
+    client_b.client.publish(f"ct/d/{b['id']}/status", b"online", qos=1).wait_for_publish(10)
+    client_a.subscribe(f"ct/d/{b['id']}/commands")  # Mosquitto grants it, then delivers nothing
+    client_a.client.publish(f"ct/d/{b['id']}/telemetry", json.dumps({"values": {"spoof": 1}}), qos=1)
+    with srv.client() as admin:
+        sent = admin.post(f"devices/{b['id']}/commands", {"name": "secret", "one_way": True})
+        wait_for(lambda: client_b.messages(f"ct/d/{b['id']}/commands"), message="B got its command")
+        wait_for(lambda: admin.get(f"iot/commands/{sent['id']}")["state"] == "succeeded", message="one-way done")
+        assert admin.get(f"devices/{b['id']}")["telemetry"] == []
+    assert client_a.messages(f"ct/d/{b['id']}/commands") == []
+    client_a.close()
+    client_b.close()
