@@ -4,12 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import errno
 import gc
 import logging
 import os
 import signal
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -18,6 +16,7 @@ import uvicorn
 
 from controltower.client import Client
 from controltower.config import Settings
+from controltower.core.ports import MQTT_PORT_HINT, PortBusyError, check_port_free
 
 log = logging.getLogger("controltower.runner")
 
@@ -40,24 +39,6 @@ class _Server(uvicorn.Server):
         if self.should_exit:
             self.force_exit = True
         self.should_exit = True
-
-
-class PortBusyError(Exception):
-    """The listen port is taken; the message names the setting to change."""
-
-
-def check_port_free(host: str, port: int, setting: str) -> None:
-    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            sock.bind((host, port))
-        except OSError as exc:
-            if exc.errno == errno.EADDRINUSE:
-                raise PortBusyError(
-                    f"port {port} on {host} is already in use: stop what holds it, or choose another with "
-                    f"{setting}=<port> (or --port for HTTP)"
-                ) from exc
-            raise
 
 
 def _settings(host: str | None, port: int | None, data_dir: str | None) -> Settings:
@@ -142,9 +123,9 @@ def run_server(host: str | None, port: int | None, data_dir: str | None, local_a
         logging.getLogger(chatty).setLevel(logging.WARNING)
     try:
         if settings.port:
-            check_port_free(settings.host, settings.port, "CT_PORT")
+            check_port_free(settings.host, settings.port, "CT_PORT", " (or --port)")
         if settings.mqtt_port and not settings.mqtt_url:
-            check_port_free(settings.mqtt_host, settings.mqtt_port, "CT_MQTT_PORT")
+            check_port_free(settings.mqtt_host, settings.mqtt_port, "CT_MQTT_PORT", MQTT_PORT_HINT)
     except PortBusyError as exc:
         log.error("%s", exc)
         return 2

@@ -3,33 +3,14 @@
 from __future__ import annotations
 
 import asyncio
-import errno
 import logging
-import socket
 
 from controltower.core.context import Context
+from controltower.core.ports import MQTT_PORT_HINT, PortBusyError, check_port_free
 from controltower.iot import commands, presence
 from controltower.iot.hub import Hub, Transport
 
 log = logging.getLogger("controltower.iot.service")
-
-
-class MqttPortBusy(RuntimeError):
-    """The embedded broker's port is taken; the message names CT_MQTT_PORT."""
-
-
-def check_mqtt_port(host: str, port: int) -> None:
-    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            sock.bind((host, port))
-        except OSError as exc:
-            if exc.errno == errno.EADDRINUSE:
-                raise MqttPortBusy(
-                    f"MQTT port {port} on {host} is already in use: stop what holds it, choose another with "
-                    f"CT_MQTT_PORT=<port>, or use an external broker with CT_MQTT_URL"
-                ) from exc
-            raise
 
 
 def make_transport(ctx: Context, hub: Hub) -> Transport | None:
@@ -53,12 +34,12 @@ def runner(ctx: Context, hub: Hub):  # noqa: ANN201  (a ServiceFactory)
         try:
             if transport is not None:
                 if transport.name == "embedded":
-                    check_mqtt_port(ctx.settings.mqtt_host, ctx.settings.mqtt_port)
+                    check_port_free(ctx.settings.mqtt_host, ctx.settings.mqtt_port, "CT_MQTT_PORT", MQTT_PORT_HINT)
                     await asyncio.to_thread(presence.reset_mqtt, ctx)
                 await transport.start()
                 hub.transport = transport
             await asyncio.Event().wait()
-        except MqttPortBusy as exc:
+        except PortBusyError as exc:
             log.error("%s", exc)
             raise
         finally:
