@@ -127,8 +127,11 @@ def run(seconds: float, targets: int = 50, series: int = 20000, warmup: float = 
     binary = available()
     if binary is None:
         raise FileNotFoundError(f"{BINARY} not found; install it with: {INSTALL}")
-    ports = [free_port() for _ in range(targets)]
-    web_port = free_port()
+    # Distinct ports: the kernel may hand the same free port out twice in a row.
+    distinct: set[int] = set()
+    while len(distinct) < targets + 1:
+        distinct.add(free_port())
+    *ports, web_port = sorted(distinct)
     with TemporaryDirectory() as tmp:
         config = Path(tmp) / "prometheus.yml"
         config.write_text(
