@@ -30,6 +30,7 @@ from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import Mapped, Session, mapped_column
 
 from controltower.config import Settings
+from controltower.core import lifecycle
 from controltower.core.db import Base, Database, UtcDateTime, utcnow
 
 if TYPE_CHECKING:
@@ -89,7 +90,7 @@ class WorkItemNotFound(WorkError):
     """No work item has that id."""
 
 
-class IllegalTransition(WorkError):
+class IllegalTransition(WorkError, lifecycle.IllegalTransition):
     """The item's current state does not allow the requested move."""
 
 
@@ -100,20 +101,14 @@ class NotLeaseOwner(WorkError):
 # --- lifecycle ------------------------------------------------------------------------------------
 
 
-class Transition:
+class Transition(lifecycle.Transition):
     """A legal move of a work item: from any of FROM_STATES to TO_STATE."""
 
-    NAME: ClassVar[str]
-    FROM_STATES: ClassVar[frozenset[WorkStatus]]
-    TO_STATE: ClassVar[WorkStatus]
     OWNER_ONLY: ClassVar[bool] = False
 
     @classmethod
     def refuse(cls, item: WorkItem) -> IllegalTransition:
-        allowed = ", ".join(sorted(s.value for s in cls.FROM_STATES))
-        return IllegalTransition(
-            f"work item {item.id} is {item.status}; cannot {cls.NAME} it (only from: {allowed})"
-        )
+        return IllegalTransition(cls.refusal(f"work item {item.id}", item.status))
 
 
 class Claim(Transition):

@@ -6,11 +6,12 @@ import datetime as dt
 import json
 import secrets
 from enum import StrEnum
-from typing import Any, ClassVar
+from typing import Any
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from controltower.core import lifecycle
 from controltower.core.context import Context
 from controltower.core.db import utcnow
 from controltower.iot.devices import read_device
@@ -38,24 +39,12 @@ class CommandNotFound(LookupError):
         super().__init__(f"no command with id {command_id}")
 
 
-class IllegalTransition(ValueError):
-    """The command's state does not allow the move."""
-
-
-class Transition:
+class Transition(lifecycle.Transition):
     """A legal move of a command: from any of FROM_STATES to TO_STATE."""
-
-    NAME: ClassVar[str]
-    FROM_STATES: ClassVar[frozenset[CommandState]]
-    TO_STATE: ClassVar[CommandState]
 
     @classmethod
     def apply(cls, command: Command, ctx: Context, session: Session, **fields: Any) -> None:
-        if CommandState(command.state) not in cls.FROM_STATES:
-            allowed = ", ".join(sorted(s.value for s in cls.FROM_STATES))
-            raise IllegalTransition(
-                f"command {command.id} is {command.state}; cannot {cls.NAME} it (only from: {allowed})"
-            )
+        cls.check(f"command {command.id}", command.state)
         now = utcnow()
         command.state = cls.TO_STATE.value
         for key, value in fields.items():
