@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 import re
 from collections.abc import Iterable
@@ -172,13 +173,18 @@ class SeriesWriter:
         """Insert a prepared batch in `session`'s transaction; the caller commits."""
         if not batch.slots:
             return 0
-        conn = session.connection()
-        ids = self._resolve(session, conn, batch)
+        ids = [self._ids.get(k, 0) for k in batch.keys]
+        if not all(ids):  # new series: creating them starts the transaction (SQLite's write lock) here
+            ids = self._resolve(session, session.connection(), batch)
         newest = self._newest(batch, ids)
-        if conn.dialect.name == "postgresql":
+        if session.get_bind().dialect.name == "postgresql":
+            conn = session.connection()
             written = self._store_postgres(conn, batch, ids, newest)
         else:
-            written = self._store_sqlite(conn, batch, ids, newest)
+            # Everything up to the first statement runs before the transaction takes the write lock.
+            params = self._sqlite_params(batch, ids, newest)
+            conn = session.connection()
+            written = self._store_sqlite(conn, *params)
         # Data behind a rollup watermark makes rolled-up buckets stale: move the watermarks back, so
         # queries read finer data there and the next rollup recomputes those buckets.
         first = min(batch.ts)
@@ -192,27 +198,37 @@ class SeriesWriter:
         return written
 
     @staticmethod
-    def _store_sqlite(
-        conn: Connection, batch: _Prepared, ids: list[int], newest: list[tuple[float, float, int]]
-    ) -> int:
+    def _sqlite_params(
+        batch: _Prepared, ids: list[int], newest: list[tuple[float, float, int]]
+    ) -> tuple[str, str, int]:
+        """The batch's rows and newest values as JSON arrays, sorted by key."""
         rows = [(ids[s], t, v) for s, t, v in zip(batch.slots, batch.ts, batch.values, strict=True)]
         # In key order, consecutive rows land on the same B-tree pages; for a batch spread over many
         # series that is fewer page reads and splits. A repeated (series, ts) keeps its last value
         # because the sort is stable.
         rows.sort(key=_row_key)
         newest.sort(key=_newest_key)
+        return json.dumps(rows), json.dumps(newest), len(rows)
+
+    @staticmethod
+    def _store_sqlite(conn: Connection, rows_json: str, newest_json: str, count: int) -> int:
+        # The batch goes in as one JSON array that SQLite unpacks itself (json_each, in array order, so a
+        # repeated key keeps its last value): one statement runs in C without the GIL, where an
+        # executemany binds each row in Python and retakes the GIL a thousand times.
         conn.exec_driver_sql(
-            "INSERT INTO samples (series_id, ts, value) VALUES (?, ?, ?) "
+            "INSERT INTO samples (series_id, ts, value) "
+            "SELECT r.value ->> 0, r.value ->> 1, r.value ->> 2 FROM json_each(?) AS r WHERE true "
             "ON CONFLICT (series_id, ts) DO UPDATE SET value = excluded.value",
-            rows,
+            (rows_json,),
         )
         conn.exec_driver_sql(
-            "INSERT INTO series_latest (series_id, ts, value) VALUES (?3, ?1, ?2) "
+            "INSERT INTO series_latest (series_id, ts, value) "
+            "SELECT r.value ->> 2, r.value ->> 0, r.value ->> 1 FROM json_each(?) AS r WHERE true "
             "ON CONFLICT (series_id) DO UPDATE SET ts = excluded.ts, value = excluded.value "
             "WHERE excluded.ts >= series_latest.ts",
-            newest,
+            (newest_json,),
         )
-        return len(rows)
+        return count
 
     @staticmethod
     def _store_postgres(
