@@ -30,3 +30,6 @@ def test_merge_and_format() -> None:
     assert rate(512) == "512 B/s" and rate(2048) == "2.0 KB/s" and rate(None) == "-"
     options = line_options([("cpu", [(10.0, 1.5)])], "%", 100.0)
     assert options["series"][0]["data"] == [[10000, 1.5]] and options["yAxis"]["max"] == 100.0
+    assert "min" not in options["xAxis"]
+    windowed = line_options([("cpu", [(10.0, 1.5)])], "%", window=(0.0, 900.0))
+    assert (windowed["xAxis"]["min"], windowed["xAxis"]["max"]) == (0, 900_000)

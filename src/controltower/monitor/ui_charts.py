@@ -35,17 +35,21 @@ def plan_for(span_s: float) -> RangePlan:
 
 
 def line_options(series: Sequence[tuple[str, list[tuple[float, float]]]], unit: str,
-                 y_max: float | None = None) -> dict:
-    """A time-axis line chart; points are (epoch seconds, value)."""
+                 y_max: float | None = None, window: tuple[float, float] | None = None) -> dict:
+    """A time-axis line chart; points are (epoch seconds, value). `window` (start, end) fixes the time
+    axis to the range asked for, so a chart with few points does not stretch over days."""
     y_axis: dict = {"type": "value", "name": unit, "min": 0}
     if y_max is not None:
         y_axis["max"] = y_max
+    x_axis: dict = {"type": "time", "axisLabel": {"hideOverlap": True}}
+    if window is not None:
+        x_axis["min"], x_axis["max"] = round(window[0] * 1000), round(window[1] * 1000)
     return {
         "animation": False,
-        "grid": {"left": 56, "right": 16, "top": 32, "bottom": 28},
+        "grid": {"left": 56, "right": 16, "top": 48, "bottom": 28},
         "tooltip": {"trigger": "axis"},
         "legend": {"type": "scroll", "top": 0},
-        "xAxis": {"type": "time", "axisLabel": {"hideOverlap": True}},
+        "xAxis": x_axis,
         "yAxis": y_axis,
         "series": [
             {

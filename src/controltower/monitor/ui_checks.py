@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 from fastapi import Request
@@ -229,7 +230,9 @@ def _detail_page(ctx: Context) -> None:
                                  f"{fmt[1]}, 7 d {fmt[7]}, 30 d {fmt[30]}"
                                  + (f" · last error: {info['last_error']}" if info["last_error"] else ""))
                 chart.options.clear()
-                chart.options.update(line_options([("latency", info["latency"])], "ms"))
+                now = time.time()
+                window = (now - float(span.value), now)
+                chart.options.update(line_options([("latency", info["latency"])], "ms", window=window))
                 chart.update()
                 history.rows = info["history"]
                 history.update()

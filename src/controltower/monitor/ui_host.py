@@ -100,7 +100,7 @@ def register(ctx: Context) -> None:
                     chart, caption = charts[key]
                     lines = view.charts.get(key, [])
                     chart.options.clear()
-                    chart.options.update(line_options(lines, unit, y_max))
+                    chart.options.update(line_options(lines, unit, y_max, window=(start, end)))
                     chart.update()
                     count = sum(len(p) for _, p in lines)
                     latest = [p[-1][1] for _, p in lines if p]
