@@ -34,6 +34,7 @@ NAMES = [
     "agent-overhead",
     "peer-node-exporter",
     "checks",
+    "dashboard-fleet",
 ]
 
 Result = dict[str, Any]
@@ -41,8 +42,8 @@ Result = dict[str, Any]
 
 def _durations(quick: bool) -> dict[str, float]:
     if quick:
-        return {"ingest": 20, "prometheus": 20, "prometheus_warmup": 15, "agent": 20, "checks": 30}
-    return {"ingest": 30, "prometheus": 60, "prometheus_warmup": 20, "agent": 300, "checks": 300}
+        return {"ingest": 20, "prometheus": 20, "prometheus_warmup": 15, "agent": 20, "checks": 30, "dashboard": 20}
+    return {"ingest": 30, "prometheus": 60, "prometheus_warmup": 20, "agent": 300, "checks": 300, "dashboard": 60}
 
 
 def machine() -> dict[str, Any]:
@@ -150,6 +151,13 @@ def _checks(seconds: float) -> Result:
     return json.loads(lines[-1])
 
 
+def _dashboard(seconds: float) -> Result:
+    module = _module("dashboard_fleet")
+    if module is None:
+        return _skipped("bench/dashboard_fleet.py not present")
+    return module.run(hosts=500, window_s=seconds, loads=3)
+
+
 def _busy_seconds() -> float:
     """CPU seconds spent by the whole machine, all cores (guest time is already inside user)."""
     t = psutil.cpu_times()
@@ -192,6 +200,7 @@ def run(selected: list[str], quick: bool, agent_seconds: float | None = None) ->
         "agent-overhead": lambda: _agent(d["agent"]),
         "peer-node-exporter": lambda: _node_exporter(d["agent"]),
         "checks": lambda: _checks(d["checks"]),
+        "dashboard-fleet": lambda: _dashboard(d["dashboard"]),
     }
     results: dict[str, Result] = {}
     for name in NAMES:
@@ -254,6 +263,7 @@ def table(results: dict[str, Result]) -> str:
     node = results.get("peer-node-exporter")
     agent = results.get("agent-overhead")
     checks = results.get("checks")
+    fleet = results.get("dashboard-fleet")
     prom_cell = _cell(prom, lambda r: _per_core(r, "samples_per_s", "prometheus_cpu_percent") + " Prometheus")
     sqlite, postgresql = results.get("ingest-sqlite"), results.get("ingest-postgresql")
     ours_ingest: Callable[[Result], str] = lambda r: _per_core(r, "samples_per_s", "server_cpu_percent")  # noqa: E731
@@ -283,6 +293,19 @@ def table(results: dict[str, Result]) -> str:
             _cell(checks, lambda r: _num(r.get("server_cpu_percent"), 1, " %")),
             "—",
             "—",
+        ),
+        (
+            "Fleet page, 500 hosts: load to all cards, median of 3",
+            _cell(fleet, lambda r: _num(r.get("load_s_median"), 2, " s")),
+            "—",
+            "< 2 s",
+        ),
+        (
+            "Fleet page open: Chromium CPU, % of one core",
+            _cell(fleet, lambda r: _num(r.get("browser_cpu_percent"), 1, " %")
+                  + f" (server {_num(r.get('server_cpu_percent'), 1, ' %')})"),
+            "—",
+            "< 20 %",
         ),
     ]
     lines = ["| Benchmark | Control Tower | Peer | Target |", "|---|---|---|---|"]
