@@ -11,7 +11,16 @@ import typer
 
 from controltower import __version__
 from controltower.client import DEFAULT_SERVER
-from controltower.console import JsonOpt, ServerOpt, TokenOpt, call, client_from, err_console, print_rows
+from controltower.console import (
+    JsonOpt,
+    ServerOpt,
+    TokenOpt,
+    call,
+    client_from,
+    err_console,
+    list_by_default,
+    print_rows,
+)
 
 app = typer.Typer(no_args_is_help=True, help="Control Tower: command and watch servers, devices, robots and processes.")
 
@@ -90,19 +99,7 @@ def _list_agents(server: str, token: str | None, as_json: bool) -> None:
     print_rows(rows, ["id", "name", "labels", "capacity", "version", "last_seen"], as_json)
 
 
-@agents_app.callback(invoke_without_command=True)
-def agents_main(
-    ctx: typer.Context, server: ServerOpt = DEFAULT_SERVER, token: TokenOpt = None, as_json: JsonOpt = False
-) -> None:
-    """Without a command: list the enrolled agents."""
-    if ctx.invoked_subcommand is None:
-        _list_agents(server, token, as_json)
-
-
-@agents_app.command("list")
-def agents_list(server: ServerOpt = DEFAULT_SERVER, token: TokenOpt = None, as_json: JsonOpt = False) -> None:
-    """Enrolled agents."""
-    _list_agents(server, token, as_json)
+list_by_default(agents_app, _list_agents, "the enrolled agents")
 
 
 tokens_app = typer.Typer(no_args_is_help=True, help="API tokens for people and scripts.")

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import json
 import sys
+from collections.abc import Callable
 from typing import Annotated, Any
 
 import typer
 from rich.console import Console
 from rich.table import Table
 
-from controltower.client import ApiError, Client, find_token
+from controltower.client import DEFAULT_SERVER, ApiError, Client, find_token
 
 console = Console()
 err_console = Console(stderr=True)
@@ -18,6 +19,27 @@ err_console = Console(stderr=True)
 ServerOpt = Annotated[str, typer.Option("--server", envvar="CT_SERVER", help="Server URL")]
 TokenOpt = Annotated[str | None, typer.Option("--token", help="API token (else CT_TOKEN, else <data-dir>/admin-token)")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table")]
+
+
+Lister = Callable[[str, str | None, bool], None]
+
+
+def list_by_default(app: typer.Typer, lister: Lister, description: str) -> None:
+    """Make `ctower X` (no command) and `ctower X list` both run `lister(server, token, as_json)`."""
+
+    def main(
+        ctx: typer.Context, server: ServerOpt = DEFAULT_SERVER, token: TokenOpt = None, as_json: JsonOpt = False
+    ) -> None:
+        if ctx.invoked_subcommand is None:
+            lister(server, token, as_json)
+
+    def list_(server: ServerOpt = DEFAULT_SERVER, token: TokenOpt = None, as_json: JsonOpt = False) -> None:
+        lister(server, token, as_json)
+
+    main.__doc__ = f"Without a command: list {description}."
+    list_.__doc__ = f"List {description}."
+    app.callback(invoke_without_command=True)(main)
+    app.command("list")(list_)
 
 
 def client_from(server: str, token: str | None) -> Client:

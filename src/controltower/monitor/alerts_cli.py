@@ -18,6 +18,7 @@ from controltower.console import (
     client_from,
     console,
     err_console,
+    list_by_default,
     print_rows,
 )
 
@@ -224,19 +225,7 @@ def _list_rules(server: str, token: str | None, as_json: bool) -> None:
     )
 
 
-@rules_app.callback(invoke_without_command=True)
-def rules_main(
-    ctx: typer.Context, server: ServerOpt = DEFAULT_SERVER, token: TokenOpt = None, as_json: JsonOpt = False
-) -> None:
-    """Without a command: list the rules."""
-    if ctx.invoked_subcommand is None:
-        _list_rules(server, token, as_json)
-
-
-@rules_app.command("list")
-def rules_list(server: ServerOpt = DEFAULT_SERVER, token: TokenOpt = None, as_json: JsonOpt = False) -> None:
-    """Every alert rule with its open alerts."""
-    _list_rules(server, token, as_json)
+list_by_default(rules_app, _list_rules, "every alert rule with its open alerts")
 
 
 @rules_app.command("add")
@@ -316,21 +305,7 @@ def _list_webhooks(server: str, token: str | None, as_json: bool) -> None:
     )
 
 
-@webhooks_app.callback(invoke_without_command=True)
-def webhooks_main(
-    ctx: typer.Context, server: ServerOpt = DEFAULT_SERVER, token: TokenOpt = None, as_json: JsonOpt = False
-) -> None:
-    """Without a command: list the webhooks."""
-    if ctx.invoked_subcommand is None:
-        _list_webhooks(server, token, as_json)
-
-
-@webhooks_app.command("list")
-def webhooks_list(
-    server: ServerOpt = DEFAULT_SERVER, token: TokenOpt = None, as_json: JsonOpt = False
-) -> None:
-    """Webhooks (URLs shown without their path, which may hold a secret)."""
-    _list_webhooks(server, token, as_json)
+list_by_default(webhooks_app, _list_webhooks, "webhooks (URLs shown without their path, which may hold a secret)")
 
 
 @webhooks_app.command("add")

@@ -10,7 +10,7 @@ import typer
 from rich.table import Table
 
 from controltower.client import DEFAULT_SERVER
-from controltower.console import JsonOpt, ServerOpt, TokenOpt, call, client_from, console, print_rows
+from controltower.console import JsonOpt, ServerOpt, TokenOpt, call, client_from, console, list_by_default, print_rows
 
 hosts_app = typer.Typer(help="Monitored hosts: status, facts, latest CPU / memory / disk.")
 checks_app = typer.Typer(
@@ -70,19 +70,7 @@ def _list_hosts(server: str, token: str | None, as_json: bool) -> None:
     print_rows(rows, HOST_COLUMNS, False, title="Hosts")
 
 
-@hosts_app.callback(invoke_without_command=True)
-def hosts_main(
-    ctx: typer.Context, server: ServerOpt = DEFAULT_SERVER, token: TokenOpt = None, as_json: JsonOpt = False
-) -> None:
-    """List monitored hosts (the same as `ctower hosts list`)."""
-    if ctx.invoked_subcommand is None:
-        _list_hosts(server, token, as_json)
-
-
-@hosts_app.command("list")
-def hosts_list(server: ServerOpt = DEFAULT_SERVER, token: TokenOpt = None, as_json: JsonOpt = False) -> None:
-    """List monitored hosts."""
-    _list_hosts(server, token, as_json)
+list_by_default(hosts_app, _list_hosts, "monitored hosts: status, last heartbeat, CPU / memory / disk")
 
 
 @hosts_app.command("show")
