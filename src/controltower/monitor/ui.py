@@ -8,10 +8,10 @@ from nicegui import run, ui
 
 from controltower.core.context import Context
 from controltower.monitor import ui_alerts, ui_checks, ui_data, ui_host
-from controltower.monitor.ui_charts import percent, rate, sparkline
 from controltower.monitor.ui_nav import STATUS_COLORS, submenu
 from controltower.web import session as web_session
 from controltower.web.areas import page
+from controltower.web.charts import percent, rate, sparkline
 from controltower.web.layout import frame
 
 REFRESH_S = 5.0

@@ -15,10 +15,10 @@ from controltower.core.auth import Role
 from controltower.core.context import Context
 from controltower.monitor import check_runner, checks, ui_data
 from controltower.monitor.schemas import CheckCreate, CheckUpdate
-from controltower.monitor.ui_charts import line_options
 from controltower.monitor.ui_nav import STATUS_COLORS, submenu
 from controltower.web import session as web_session
 from controltower.web.areas import page
+from controltower.web.charts import line_options
 from controltower.web.layout import frame, notify_error
 
 REFRESH_S = 5.0

@@ -13,7 +13,7 @@ from controltower.core.db import utcnow
 from controltower.core.series_query import run_query
 from controltower.monitor import alerts, checks, hosts
 from controltower.monitor.schemas import HostPublic
-from controltower.monitor.ui_charts import RangePlan, merge
+from controltower.web.charts import RangePlan, merge
 
 SPARK_SPAN_S = 900.0
 SPARK_STEP_S = 60.0

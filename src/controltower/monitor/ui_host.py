@@ -11,10 +11,10 @@ from nicegui import run, ui
 
 from controltower.core.context import Context
 from controltower.monitor import ui_data
-from controltower.monitor.ui_charts import RANGES, line_options, plan_for
 from controltower.monitor.ui_nav import STATUS_COLORS, submenu
 from controltower.web import session as web_session
 from controltower.web.areas import page
+from controltower.web.charts import RANGES, line_options, plan_for
 from controltower.web.layout import frame
 
 LIVE_REFRESH_S = 10.0

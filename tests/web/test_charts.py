@@ -1,10 +1,10 @@
-"""Chart helpers of monitor's pages: the rollup step by range, sparklines, merging series."""
+"""Chart helpers of dashboard pages: the rollup step by range, sparklines, merging series."""
 
 from __future__ import annotations
 
 import re
 
-from controltower.monitor.ui_charts import RANGES, line_options, merge, plan_for, rate, sparkline
+from controltower.web.charts import RANGES, line_options, merge, plan_for, rate, sparkline
 
 
 def test_step_grows_with_the_range() -> None:

@@ -1,4 +1,4 @@
-"""Chart helpers for monitor's pages: range plans, ECharts options, inline SVG sparklines, number formats."""
+"""Chart helpers for dashboard pages: range plans, ECharts options, inline SVG sparklines, number formats."""
 
 from __future__ import annotations
 
