@@ -61,7 +61,8 @@ class RunningServer:
     def client(self, token: str | None = None) -> Client:
         return Client(self.url, token or self.token)
 
-    def start(self) -> None:
+    def start(self, wait_ready: bool = True) -> None:
+        """Start and wait for /readyz (or only /healthz when the test expects the server unready)."""
         env = {**os.environ, **self.env, "CT_DATA_DIR": str(self.data_dir)}
         cmd = [sys.executable, "-m", "controltower", "up", "--port", str(self.port), "--data-dir", str(self.data_dir),
                *self.args]
@@ -72,7 +73,7 @@ class RunningServer:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"server exited with {self.proc.returncode}:\n{self.log_path.read_text()[-4000:]}")
             try:
-                if httpx.get(self.url + "/readyz", timeout=1).status_code == 200:
+                if httpx.get(self.url + ("/readyz" if wait_ready else "/healthz"), timeout=1).status_code == 200:
                     return
             except httpx.HTTPError:
                 pass
@@ -104,10 +105,11 @@ class RunningServer:
         return self.log_path.read_text(errors="replace")
 
 
-def start_server(data_dir: Path, env: dict[str, str] | None = None, args: list[str] | None = None) -> RunningServer:
+def start_server(data_dir: Path, env: dict[str, str] | None = None, args: list[str] | None = None,
+                 wait_ready: bool = True) -> RunningServer:
     """A real server on a free port; `--no-agent` unless args say otherwise."""
     args = args if args is not None else ["--no-agent"]
     env = {"CT_MQTT_PORT": str(free_port()), **(env or {})}  # never the shared default 1883
     srv = RunningServer(data_dir=data_dir, port=free_port(), env=env, args=args)
-    srv.start()
+    srv.start(wait_ready)
     return srv

@@ -10,6 +10,7 @@ import subprocess
 import sys
 from collections.abc import Iterator
 
+import httpx
 import pytest
 
 from tests.iot.mqtt_support import DeviceClient
@@ -108,6 +109,24 @@ def test_commands_round_trip_and_offline_queue(srv: RunningServer) -> None:
     result = called["result"]
     assert result["state"] == "failed" and result["error"] == "busy"
     client.close()
+
+
+def test_revoking_the_token_closes_the_live_session(srv: RunningServer) -> None:
+    dev = _new_device(srv, "revoked-dev")
+    client = DeviceClient(_mqtt_port(srv), dev["id"], dev["token"]).connect()
+    wait_for(lambda: _device(srv, dev["id"])["status"] == "online", message="online")
+    with srv.client() as admin:
+        assert admin.delete(f"devices/{dev['id']}/token") == {"revoked": 1}
+    wait_for(lambda: _device(srv, dev["id"])["status"] == "offline", message="session closed on revocation")
+    # paho reconnects on its own; the broker now refuses the old token
+    wait_for(lambda: any(code != 0 for code in client.connect_result), timeout=30, message="reconnect refused")
+    assert not client.client.is_connected()
+    client.client.loop_stop()
+
+
+def test_readyz_reports_the_broker(srv: RunningServer) -> None:
+    ready = httpx.get(srv.url + "/readyz", timeout=10)
+    assert ready.status_code == 200 and ready.json()["checks"]["mqtt"] is True
 
 
 def test_queued_command_survives_a_restart(tmp_path) -> None:

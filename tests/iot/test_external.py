@@ -10,6 +10,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import httpx
 import pytest
 
 from tests.conftest import skip_or_fail
@@ -124,3 +125,15 @@ def test_mosquitto_acl_keeps_devices_apart(srv: RunningServer, mosquitto: Mosqui
     assert client_a.messages(f"ct/d/{b['id']}/commands") == []
     client_a.close()
     client_b.close()
+
+
+def test_readyz_is_503_while_the_external_broker_is_unreachable(mosquitto: Mosquitto, tmp_path: Path) -> None:
+    nobody = free_port()
+    url = f"mqtt://{SERVER_USER}:{SERVER_PASSWORD}@127.0.0.1:{nobody}"
+    server = start_server(tmp_path / "data", env={"CT_MQTT_URL": url}, wait_ready=False)
+    try:
+        answer = wait_for(lambda: (r := httpx.get(server.url + "/readyz", timeout=5)).status_code == 503 and r,
+                          message="503 from /readyz")
+        assert answer.json()["checks"] == {"started": True, "database": True, "mqtt": False}
+    finally:
+        server.stop()

@@ -40,6 +40,7 @@ class Context:
     metrics: CollectorRegistry = field(default_factory=lambda: CollectorRegistry(auto_describe=True))
     api: APIRouter = field(default_factory=lambda: APIRouter(prefix="/api/v1"))
     services: dict[str, ServiceFactory] = field(default_factory=dict)
+    readiness: dict[str, Callable[[], bool]] = field(default_factory=dict)
 
     def include_router(self, router: APIRouter) -> None:
         """Mount a subsystem's router under /api/v1."""
@@ -50,3 +51,9 @@ class Context:
         if name in self.services:
             raise ValueError(f"service {name!r} registered twice")
         self.services[name] = run
+
+    def add_readiness_check(self, name: str, check: Callable[[], bool]) -> None:
+        """A part /readyz reports on (e.g. the MQTT broker): False or an exception makes the server unready."""
+        if name in self.readiness:
+            raise ValueError(f"readiness check {name!r} registered twice")
+        self.readiness[name] = check

@@ -19,6 +19,8 @@ def setup(ctx: Context) -> None:
     ctx.include_router(api.devices_router)
     ctx.include_router(api.iot_router)
     ctx.add_service("iot.mqtt", service.runner(ctx, hub))
+    if ctx.settings.mqtt_url or ctx.settings.mqtt_port:
+        ctx.add_readiness_check("mqtt", hub.transport_ready)
     ctx.scheduler.every("iot.commands.expire", 2.0, lambda: commands.expire_due(ctx))
     ctx.scheduler.every("iot.commands.redeliver", 10.0, lambda: service.redeliver(ctx, hub))
     ctx.scheduler.every("iot.presence.http", 30.0, lambda: presence.expire_http(ctx))

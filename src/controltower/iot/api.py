@@ -52,6 +52,12 @@ _KIND_STATUS = {
 }
 
 
+def _credentials_revoked(ctx: Context, device_id: str) -> None:
+    """After the commit: the old token stops working at once, over HTTP and on live MQTT sessions."""
+    ctx.principals.forget_subject(devices.subject(device_id))
+    hub_of(ctx).credentials_revoked(device_id)
+
+
 def _not_found(exc: LookupError) -> HTTPException:
     return HTTPException(status.HTTP_404_NOT_FOUND, detail=str(exc))
 
@@ -170,7 +176,7 @@ def delete_device(device_id: str, ctx: CtxDep, session: SessionDep, _: Admin) ->
     except devices.DeviceNotFound as exc:
         raise _not_found(exc) from None
     session.commit()
-    ctx.principals.forget_subject(devices.subject(device_id))
+    _credentials_revoked(ctx, device_id)
     return Response(status_code=status.HTTP_204_NO_CONTENT)
 
 
@@ -182,7 +188,7 @@ def rotate_token(device_id: str, ctx: CtxDep, session: SessionDep, _: Operator) 
     except devices.DeviceNotFound as exc:
         raise _not_found(exc) from None
     session.commit()
-    ctx.principals.forget_subject(devices.subject(device_id))
+    _credentials_revoked(ctx, device_id)
     return DeviceCredentials(id=device.id, name=device.name, token=token)
 
 
@@ -194,7 +200,7 @@ def revoke_token(device_id: str, ctx: CtxDep, session: SessionDep, _: Operator) 
     except devices.DeviceNotFound as exc:
         raise _not_found(exc) from None
     session.commit()
-    ctx.principals.forget_subject(devices.subject(device_id))
+    _credentials_revoked(ctx, device_id)
     return {"revoked": count}
 
 

@@ -109,6 +109,27 @@ class EmbeddedBroker:
                 await self._broker.shutdown()
             self._broker = None
 
+    def is_up(self) -> bool:
+        return self._broker is not None and self._broker.transitions.state == "started"
+
+    def disconnect_device(self, device_id: str) -> int:
+        broker, loop = self._broker, self._loop
+        if broker is None or loop is None:
+            return 0
+        return asyncio.run_coroutine_threadsafe(self._close_sessions(broker, device_id), loop).result(timeout=10)
+
+    @staticmethod
+    async def _close_sessions(broker: Broker, device_id: str) -> int:
+        """Close the connections; the broker then cleans up as for a dropped link (last will included)."""
+        closed = 0
+        for session, handler in list(broker.sessions.values()):
+            writer = getattr(handler, "writer", None)
+            if session.username == device_id and writer is not None:
+                with contextlib.suppress(Exception):
+                    await writer.close()
+                closed += 1
+        return closed
+
     def publish(self, topic: str, payload: bytes, qos: int = 1) -> None:
         broker, loop = self._broker, self._loop
         if broker is None or loop is None:

@@ -77,6 +77,13 @@ class ExternalBroker:
         self.client.disconnect()
         await asyncio.to_thread(self.client.loop_stop)
 
+    def is_up(self) -> bool:
+        return self.connected
+
+    def disconnect_device(self, device_id: str) -> int:
+        """An external broker owns device sessions: revoke there too (docs/iot.md, Revoking a device)."""
+        return 0
+
     def publish(self, topic: str, payload: bytes, qos: int = 1) -> None:
         info = self.client.publish(topic, payload, qos)
         if info.rc != mqtt.MQTT_ERR_SUCCESS:

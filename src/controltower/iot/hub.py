@@ -45,6 +45,12 @@ class Transport(Protocol):
     def publish(self, topic: str, payload: bytes, qos: int = 1) -> None:
         """Send to devices; callable from any thread."""
 
+    def is_up(self) -> bool:
+        """Listening (embedded) or connected (external)."""
+
+    def disconnect_device(self, device_id: str) -> int:
+        """Drop the device's live sessions (its token was revoked); how many were dropped."""
+
 
 @dataclass(frozen=True)
 class Job:
@@ -150,6 +156,18 @@ class Hub:
     def is_ready(self, device_id: str) -> bool:
         with self._lock:
             return device_id in self._ready
+
+    def transport_ready(self) -> bool:
+        transport = self.transport
+        return transport is not None and transport.is_up()
+
+    def credentials_revoked(self, device_id: str) -> None:
+        """The device's token no longer works: its live MQTT sessions are closed, so it must log in again."""
+        transport = self.transport
+        if transport is not None:
+            dropped = transport.disconnect_device(device_id)
+            if dropped:
+                log.warning("closed %d MQTT session(s) of %s: its token was revoked", dropped, device_id)
 
     def notify_command(self, device_id: str) -> None:
         """A command was queued (and committed): deliver now if the device listens."""

@@ -22,8 +22,13 @@ def healthz() -> dict[str, str]:
 
 @root_router.get("/readyz")
 def readyz(request: Request, ctx: CtxDep) -> JSONResponse:
-    """Ready: started, and the database answers; 503 otherwise."""
+    """Ready: started, the database answers, and every part a subsystem registered (the MQTT broker) is up."""
     checks = {"started": bool(request.app.state.ready), "database": ctx.db.ping()}
+    for name, check in ctx.readiness.items():
+        try:
+            checks[name] = bool(check())
+        except Exception:
+            checks[name] = False
     ok = all(checks.values())
     return JSONResponse({"status": "ready" if ok else "unavailable", "checks": checks}, status_code=200 if ok else 503)
 
