@@ -1,4 +1,4 @@
-"""RPA's tables: robots, their immutable numbered versions, the audit of who did what, runs and run logs."""
+"""RPA's tables: robots, their immutable numbered versions, the audit of who did what, runs, run logs, work queues."""
 
 from __future__ import annotations
 
@@ -79,6 +79,8 @@ class RobotRun(Base):
     env_build_s: Mapped[float | None] = mapped_column()
     duration_s: Mapped[float | None] = mapped_column()
     files: Mapped[dict[str, dict[str, Any]]] = mapped_column(JSON, default=dict)
+    input_files: Mapped[list[dict[str, Any]]] = mapped_column(JSON, default=list)
+    output: Mapped[Any | None] = mapped_column(JSON)
     log_lines: Mapped[int] = mapped_column(default=0)
     created_by: Mapped[str] = mapped_column(String(128))
     created_at: Mapped[dt.datetime] = mapped_column(UtcDateTime, default=utcnow)
@@ -95,3 +97,47 @@ class RunLogLine(Base):
     seq: Mapped[int] = mapped_column()
     ts: Mapped[dt.datetime] = mapped_column(UtcDateTime, default=utcnow)
     line: Mapped[str] = mapped_column(Text)
+
+
+class RpaQueue(Base):
+    """A queue of business work items that feeds one robot's task, with its retry policy."""
+
+    __tablename__ = "rpa_queues"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    name: Mapped[str] = mapped_column(String(64), unique=True)
+    robot_id: Mapped[int] = mapped_column(ForeignKey("rpa_robots.id", ondelete="CASCADE"), index=True)
+    task: Mapped[str | None] = mapped_column(String(255))
+    version: Mapped[str] = mapped_column(String(16), default="production")
+    labels: Mapped[list[str]] = mapped_column(JSON, default=list)
+    agent_id: Mapped[int | None] = mapped_column()
+    max_attempts: Mapped[int] = mapped_column(default=3)
+    retry_backoff_s: Mapped[float] = mapped_column(default=30.0)
+    concurrency: Mapped[int | None] = mapped_column()
+    timeout_s: Mapped[float | None] = mapped_column()
+    lease_s: Mapped[float] = mapped_column(default=60.0)
+    created_by: Mapped[str] = mapped_column(String(128))
+    created_at: Mapped[dt.datetime] = mapped_column(UtcDateTime, default=utcnow)
+
+
+class QueueItem(Base):
+    """One work item: its payload and files, where it stands, and the run that last took it."""
+
+    __tablename__ = "rpa_queue_items"
+    __table_args__ = (Index("ix_rpa_queue_items_queue_status", "queue_id", "status"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    queue_id: Mapped[int] = mapped_column(ForeignKey("rpa_queues.id", ondelete="CASCADE"))
+    status: Mapped[str] = mapped_column(String(16))
+    payload: Mapped[Any | None] = mapped_column(JSON)
+    files: Mapped[list[dict[str, Any]]] = mapped_column(JSON, default=list)
+    attempts: Mapped[int] = mapped_column(default=0)
+    last_error: Mapped[str | None] = mapped_column(Text)
+    output: Mapped[Any | None] = mapped_column(JSON)
+    run_id: Mapped[int | None] = mapped_column(index=True)
+    run_ids: Mapped[list[int]] = mapped_column(JSON, default=list)
+    not_before: Mapped[dt.datetime | None] = mapped_column(UtcDateTime)
+    enqueued_at: Mapped[dt.datetime] = mapped_column(UtcDateTime, default=utcnow)
+    dispatched_at: Mapped[dt.datetime | None] = mapped_column(UtcDateTime)
+    finished_at: Mapped[dt.datetime | None] = mapped_column(UtcDateTime)
+    updated_at: Mapped[dt.datetime] = mapped_column(UtcDateTime, default=utcnow)
