@@ -11,9 +11,10 @@ if TYPE_CHECKING:
 
 
 def setup(ctx: Context) -> None:
-    """Mount RPA's routes, its action `rpa.run_robot`, and the handler that marks runs of lost agents."""
-    from controltower.rpa import actions, api, runs
+    """Mount RPA's routes, its action `rpa.run_robot`, the handler that marks runs of lost agents, its pages."""
+    from controltower.rpa import actions, api, runs, ui
 
     ctx.include_router(api.router)
     actions.register(ctx)
     ctx.events.subscribe("work.item.expired", lambda event: runs.on_work_expired(ctx, event))
+    ui.register(ctx)

@@ -1,0 +1,94 @@
+"""What the Robots pages show, read in one go per refresh (blocking: pages call these through run.io_bound)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sqlalchemy import func, select
+
+from controltower.core.agents import list_agents
+from controltower.core.context import Context
+from controltower.rpa import robots, runs
+from controltower.rpa.models import RobotRun
+from controltower.rpa.schemas import RunPublic, VersionDiff
+from controltower.rpa.ui_nav import seconds, when
+
+RECENT_RUNS = 20
+
+
+def _counts(stats: dict[str, Any] | None) -> str:
+    if not stats:
+        return ""
+    return f"{stats.get('passed', 0)} passed, {stats.get('failed', 0)} failed"
+
+
+def run_row(run: RunPublic) -> dict[str, Any]:
+    return {"id": run.id, "robot": run.robot, "version": run.version, "task": run.task, "status": run.status,
+            "agent": "" if run.agent_id is None else str(run.agent_id), "created": when(run.created_at),
+            "duration": seconds(run.duration_s), "counts": _counts(run.stats), "by": run.created_by}
+
+
+def robot_rows(ctx: Context) -> list[dict[str, Any]]:
+    """Every robot with its latest and production version and its last run."""
+    with ctx.db.read_session() as session:
+        last_ids = select(func.max(RobotRun.id)).group_by(RobotRun.robot_id)
+        last = {r.robot_id: r for r in session.scalars(select(RobotRun).where(RobotRun.id.in_(last_ids)))}
+        rows = []
+        for robot in robots.list_robots(session):
+            run = last.get(robot.id)
+            rows.append({"name": robot.name, "description": robot.description,
+                         "latest": robot.latest_version or "", "production": robot.production_version or "",
+                         "last_status": run.status if run else "", "last_run": when(run.created_at) if run else "",
+                         "last_run_id": run.id if run else None})
+        return rows
+
+
+def robot_view(ctx: Context, name: str) -> dict[str, Any] | None:
+    """A robot's versions (with their tasks), recent runs, history, and the agents a run may target."""
+    with ctx.db.read_session() as session:
+        try:
+            robot = robots.get_robot(session, name)
+        except robots.RobotNotFound:
+            return None
+        versions = [{"number": v.number, "sha": v.sha256[:12], "size": v.size, "by": v.pushed_by,
+                     "at": when(v.pushed_at), "note": v.note, "production": robot.production_version == v.number,
+                     "tasks": list((v.spec.get("tasks") or {}).keys())}
+                    for v in robots.list_versions(session, robot)]
+        history = [{"at": when(h.at), "action": h.action, "version": h.version or "",
+                    "previous": h.previous or "", "actor": h.actor}
+                   for h in reversed(robots.history(session, robot))]
+        recent = [run_row(runs.run_public(session, r)) for r in runs.list_runs(session, name, None, RECENT_RUNS)]
+        agents = [{"id": a.id, "name": a.name, "labels": list(a.labels or [])} for a in list_agents(session)]
+        return {"name": robot.name, "description": robot.description, "production": robot.production_version,
+                "versions": versions, "history": history, "runs": recent, "agents": agents}
+
+
+def version_diff(ctx: Context, name: str, a: int, b: int) -> VersionDiff:
+    with ctx.db.read_session() as session:
+        return robots.diff_versions(session, ctx.blobs, robots.get_robot(session, name), a, b)
+
+
+def run_rows(ctx: Context, robot: str | None, status: str | None, limit: int = 200) -> list[dict[str, Any]]:
+    """Newest first; an unknown robot lists nothing."""
+    with ctx.db.read_session() as session:
+        try:
+            rows = runs.list_runs(session, robot, status, limit)
+        except robots.RobotNotFound:
+            return []
+        return [run_row(runs.run_public(session, r)) for r in rows]
+
+
+def robot_names(ctx: Context) -> list[str]:
+    with ctx.db.read_session() as session:
+        return [r.name for r in robots.list_robots(session)]
+
+
+def run_view(ctx: Context, run_id: int, after: int) -> tuple[RunPublic, list[str], int] | None:
+    """The run, its log lines after sequence number `after`, and the last sequence number read."""
+    with ctx.db.read_session() as session:
+        try:
+            run = runs.get_run(session, run_id)
+        except runs.RunNotFound:
+            return None
+        lines = runs.read_log(session, run, after, limit=2000)
+        return runs.run_public(session, run), [line.line for line in lines], lines[-1].seq if lines else after
