@@ -37,6 +37,9 @@ class Settings(BaseSettings):
     mqtt_host: str = Field("127.0.0.1", description="Embedded MQTT broker listen address")
     iot_message_max_bytes: int = Field(256 * 1024, gt=0, description="Largest device telemetry message, bytes")
     iot_file_max_bytes: int = Field(100 * 1024 * 1024, gt=0, description="Largest file a device may upload, bytes")
+    iot_upload_idle_s: float = Field(
+        300, gt=0, description="A file sent in chunks over MQTT is dropped after this many seconds without a chunk"
+    )
     iot_http_offline_after_s: float = Field(
         300, gt=0, description="An HTTP-only device is offline after this many seconds without a request"
     )

@@ -24,5 +24,7 @@ def setup(ctx: Context) -> None:
     ctx.scheduler.every("iot.commands.expire", 2.0, lambda: commands.expire_due(ctx))
     ctx.scheduler.every("iot.commands.redeliver", 10.0, lambda: service.redeliver(ctx, hub))
     ctx.scheduler.every("iot.presence.http", 30.0, lambda: presence.expire_http(ctx))
+    upload_check_s = min(30.0, max(0.5, ctx.settings.iot_upload_idle_s / 2))
+    ctx.scheduler.every("iot.files.expire", upload_check_s, hub.expire_uploads)
     actions.register(ctx)
     exporter.setup(ctx, hub)

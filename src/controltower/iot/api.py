@@ -314,10 +314,8 @@ def _save_file(ctx: Context, device_id: str, sha256: str, size: int, content_typ
                command_id: int | None) -> DeviceFile:
     with ctx.db.session() as session:
         device = devices.read_device(session, device_id)
-        row = store.add_file(session, device_id=device_id, sha256=sha256, size=size, content_type=content_type,
-                             filename=filename, command_id=command_id)
-        device.last_seen_at = row.ts
-        return row
+        return store.record_file(session, device, sha256=sha256, size=size, content_type=content_type,
+                                 filename=filename, command_id=command_id)
 
 
 def _file_refused(ctx: Context, device_id: str, path: str, kind: str, reason: str, size: int) -> None:

@@ -8,7 +8,8 @@ from sqlalchemy.orm import Session
 from controltower.iot.models import DeadLetter
 
 PAYLOAD_KEEP = 4096  # bytes of the refused payload kept for inspection
-KINDS = ("malformed_json", "invalid", "unknown_device", "oversize", "forbidden", "late_response", "error")
+KINDS = ("malformed_json", "invalid", "unknown_device", "oversize", "forbidden", "late_response", "incomplete",
+         "error")
 
 
 def record(

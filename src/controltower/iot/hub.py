@@ -17,6 +17,7 @@ from controltower.core.auth import Role, authenticate
 from controltower.core.context import Context
 from controltower.core.db import utcnow
 from controltower.iot import commands, deadletters, presence, topics
+from controltower.iot.filechunks import Reassembler
 from controltower.iot.models import Device
 from controltower.iot.payloads import (
     Rejected,
@@ -25,7 +26,7 @@ from controltower.iot.payloads import (
     parse_response,
     parse_telemetry,
 )
-from controltower.iot.store import store_attributes, store_readings
+from controltower.iot.store import record_file, store_attributes, store_readings
 
 log = logging.getLogger("controltower.iot.hub")
 
@@ -69,6 +70,7 @@ class Outcome:
     readings: int = 0
     numbers: int = 0
     attributes: int = 0
+    files: int = 0
 
 
 class Hub:
@@ -85,6 +87,9 @@ class Hub:
         self._thread: threading.Thread | None = None
         self._idle = threading.Event()
         self._idle.set()
+        settings = ctx.settings
+        self.uploads = Reassembler(settings.data_dir / "iot-uploads", ctx.blobs,
+                                   min(settings.iot_file_max_bytes, ctx.blobs.max_bytes), settings.iot_upload_idle_s)
 
     # -- lifecycle -----------------------------------------------------------------------------
 
@@ -98,6 +103,7 @@ class Hub:
             self._queue.put(None)
             self._thread.join(timeout)
             self._thread = None
+        self.uploads.close()
 
     # -- entry points for transports (any thread) ----------------------------------------------
 
@@ -168,6 +174,13 @@ class Hub:
             dropped = transport.disconnect_device(device_id)
             if dropped:
                 log.warning("closed %d MQTT session(s) of %s: its token was revoked", dropped, device_id)
+
+    def expire_uploads(self) -> int:
+        """Files sent in chunks that stalled for CT_IOT_UPLOAD_IDLE_S become dead letters."""
+        expired = self.uploads.expire()
+        for device_id, topic, reason in expired:
+            self._enqueue(Job("reject", device_id, topic, b"", "mqtt", Rejected("incomplete", reason)))
+        return len(expired)
 
     def notify_command(self, device_id: str) -> None:
         """A command was queued (and committed): deliver now if the device listens."""
@@ -301,6 +314,13 @@ class Hub:
         elif parsed.channel == topics.ATTRIBUTES and not parsed.rest:
             values = parse_attributes(load_json(payload))
             outcome.attributes = store_attributes(session, device.id, values, utcnow())
+        elif parsed.channel == topics.FILES and parsed.rest:
+            done = self.uploads.receive(device.id, parsed.rest, payload)
+            if done is not None:
+                header = done.header
+                record_file(session, device, sha256=done.blob.sha256, size=done.blob.size,
+                            content_type=header.content_type, filename=header.name, command_id=header.command_id)
+                outcome.files = 1
         elif parsed.channel == topics.STATUS and not parsed.rest:
             self._status(session, device, payload)
             return outcome

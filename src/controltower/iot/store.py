@@ -10,7 +10,7 @@ from sqlalchemy.orm import Session
 
 from controltower.core.context import Context
 from controltower.core.db import utcnow
-from controltower.iot.models import AttributeHistory, Command, DeviceAttribute, DeviceFile
+from controltower.iot.models import AttributeHistory, Command, Device, DeviceAttribute, DeviceFile
 from controltower.iot.payloads import Reading, Rejected, series_name
 
 HISTORY_LIMIT = 1000
@@ -86,6 +86,23 @@ def add_file(
     )
     session.add(row)
     session.flush()
+    return row
+
+
+def record_file(
+    session: Session,
+    device: Device,
+    *,
+    sha256: str,
+    size: int,
+    content_type: str,
+    filename: str | None,
+    command_id: int | None,
+) -> DeviceFile:
+    """A file already in the blob store becomes the device's (HTTP upload or MQTT chunks); the device was seen."""
+    row = add_file(session, device_id=device.id, sha256=sha256, size=size, content_type=content_type,
+                   filename=filename, command_id=command_id)
+    device.last_seen_at = row.ts
     return row
 
 

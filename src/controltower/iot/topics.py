@@ -5,6 +5,9 @@
 - `ct/d/{id}/status`                 device -> server: `online` / `offline` (retained; `offline` as last will)
 - `ct/d/{id}/commands`               server -> device: `{"id", "name", "params", "timeout_s", "expires_at"}`
 - `ct/d/{id}/responses/{command_id}` device -> server: `{"status": "succeeded"|"failed", "result", "error"}`
+- `ct/d/{id}/files/{upload_id}`      device -> server: a file's header `{"name", "content_type", "size", "sha256",
+                                     "chunks", "command_id"}`, then its chunks in order, raw bytes, on
+- `ct/d/{id}/files/{upload_id}/{n}`  n = 0 .. chunks-1 (iot/filechunks.py reassembles them)
 
 A device may publish and subscribe only under its own prefix.
 """
@@ -20,6 +23,7 @@ ATTRIBUTES = "attributes"
 STATUS = "status"
 COMMANDS = "commands"
 RESPONSES = "responses"
+FILES = "files"
 
 DEVICE_ID_PATTERN = r"[A-Za-z0-9][A-Za-z0-9_-]{0,63}"
 DEVICE_ID_RE = re.compile(DEVICE_ID_PATTERN + r"\Z")
@@ -30,6 +34,7 @@ SERVER_SUBSCRIPTIONS = (
     f"{PREFIX}/+/{ATTRIBUTES}",
     f"{PREFIX}/+/{STATUS}",
     f"{PREFIX}/+/{RESPONSES}/+",
+    f"{PREFIX}/+/{FILES}/#",
 )
 
 
