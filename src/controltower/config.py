@@ -64,6 +64,12 @@ class Settings(BaseSettings):
         None, description="Where agents keep robot environments; default ~/.cache/controltower/rpa-envs"
     )
     rpa_env_cache_max: int = Field(10, ge=1, description="Robot environments kept per agent (least recently used go)")
+    rpa_data_max_bytes: int = Field(
+        1024 * 1024, gt=0, description="Largest JSON input, output.json or work-item payload of a run, bytes"
+    )
+    rpa_input_file_max_bytes: int = Field(
+        100 * 1024 * 1024, gt=0, description="Largest input file uploaded for a run or work item, bytes"
+    )
 
     @classmethod
     def settings_customise_sources(

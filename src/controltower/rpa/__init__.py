@@ -15,6 +15,11 @@ def setup(ctx: Context) -> None:
     from controltower.rpa import actions, api, runs, ui
 
     ctx.include_router(api.router)
+    from controltower.rpa import inputs_api, workitems, workitems_api
+
+    ctx.include_router(inputs_api.router)
+    ctx.include_router(workitems_api.router)
+    workitems.register(ctx)
     actions.register(ctx)
     ctx.events.subscribe("work.item.expired", lambda event: runs.on_work_expired(ctx, event))
     ui.register(ctx)

@@ -13,6 +13,7 @@ import typer
 
 from controltower.client import DEFAULT_SERVER
 from controltower.console import JsonOpt, ServerOpt, TokenOpt, call, client_from, console, err_console, print_rows
+from controltower.rpa.cli_inputs import input_paths, read_json, upload_files
 
 robot_app = typer.Typer(no_args_is_help=True, help="Robots: develop locally, manage versions, run on agents.")
 
@@ -21,6 +22,9 @@ FINISHED = {"passed", "failed", "timed_out", "error", "lost", "cancelled"}
 
 def register(app: typer.Typer) -> None:
     app.add_typer(robot_app, name="robot")
+    from controltower.rpa.workitems_cli import queue_app
+
+    app.add_typer(queue_app, name="queue")
 
 
 def _fail(message: str, code: int = 1) -> typer.Exit:
@@ -89,6 +93,7 @@ def run(
     task: Annotated[str | None, typer.Option("--task", help="Task name (default: the first)")] = None,
     var: Annotated[list[str] | None, typer.Option("--var", help="Variable k=v (repeatable)")] = None,
     input_file: Annotated[Path | None, typer.Option("--input", help="JSON input for the run")] = None,
+    file: Annotated[list[Path] | None, typer.Option("--file", help="Input file, put in input/ (repeatable)")] = None,
     out: Annotated[Path | None, typer.Option("--out", help="Working dir for the run (default: a new temp dir)")] = None,
     timeout: Annotated[float | None, typer.Option(help="Seconds (default: robot.yaml's timeout)")] = None,
     as_json: JsonOpt = False,
@@ -113,11 +118,13 @@ def run(
             input_data = json.loads(input_file.read_text())
         except (OSError, ValueError) as exc:
             raise _fail(f"--input: cannot read JSON from {input_file}: {exc}", 2) from None
+    input_files = input_paths(file, "--file")
     settings = Settings()
     envs = EnvCache(settings.rpa_env_cache_dir or default_cache_dir(), settings.rpa_env_cache_max)
     workdir = out or Path(tempfile.mkdtemp(prefix=f"ctower-run-{spec.name}-"))
     printer = (lambda line: err_console.print(line, highlight=False, markup=False)) if as_json else typer.echo
     outcome = run_task(spec, path, workdir, envs, task=task, variables=_pairs(var, "--var"), input_data=input_data,
+                       input_files=input_files, output_max_bytes=settings.rpa_data_max_bytes,
                        timeout_s=timeout, on_line=printer)
     summary = outcome.summary() | {"workdir": str(workdir)}
     if as_json:
@@ -132,6 +139,8 @@ def run(
                       f"outputs in {workdir}", highlight=False)
         if outcome.message:
             console.print(outcome.message, highlight=False, markup=False)
+        if outcome.output is not None:
+            typer.echo(f"output: {json.dumps(outcome.output)}")
     if outcome.status != "passed":
         raise typer.Exit(1)
 
@@ -261,6 +270,7 @@ def start(
     version: Annotated[str | None, typer.Option(help="Version number, production or latest")] = None,
     var: Annotated[list[str] | None, typer.Option("--var", help="Variable k=v (repeatable)")] = None,
     input_file: Annotated[Path | None, typer.Option("--input", help="JSON input for the run")] = None,
+    file: Annotated[list[Path] | None, typer.Option("--file", help="Input file, put in input/ (repeatable)")] = None,
     wait: Annotated[bool, typer.Option("--wait", help="Follow the log until the run finishes")] = False,
     server: ServerOpt = DEFAULT_SERVER,
     token: TokenOpt = None,
@@ -271,14 +281,18 @@ def start(
     if version is not None:
         body["version"] = int(version) if version.isdigit() else version
     if input_file is not None:
-        body["input"] = json.loads(input_file.read_text())
+        body["input"] = read_json(input_file, "--input")
+    paths = input_paths(file, "--file")
     with client_from(server, token) as client:
+        body["files"] = upload_files(client, paths)
         run_row = call(client.post, "rpa/runs", body)
         typer.echo(f"run {run_row['id']} queued ({name} v{run_row['version']}, task {run_row['task']!r})")
         if wait:
             run_row = _follow(client, run_row["id"])
     if wait and run_row["status"] != "passed":
         raise typer.Exit(1)
+    if wait and run_row.get("output") is not None:
+        typer.echo(f"output: {json.dumps(run_row['output'])}")
 
 
 def _follow(client: Any, run_id: int) -> dict[str, Any]:

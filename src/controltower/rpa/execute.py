@@ -19,6 +19,10 @@ from controltower.rpa.envs import EnvBuildError, EnvCache
 from controltower.rpa.package import RobotSpec
 
 RF_FILES = ("output.xml", "log.html", "report.html")
+INPUT_JSON = "input.json"
+INPUT_DIR = "input"
+OUTPUT_JSON = "output.json"
+OUTPUT_MAX_BYTES = 1024 * 1024
 KILL_GRACE_S = 5.0
 STATS_TIMEOUT_S = 120.0
 MAX_MESSAGE = 4000
@@ -69,6 +73,7 @@ class RunOutcome:
     files: dict[str, Path] = field(default_factory=dict)
     artifacts: dict[str, Path] = field(default_factory=dict)
     output_tail: list[str] = field(default_factory=list)
+    output: Any = None
 
     def summary(self) -> dict[str, Any]:
         return {
@@ -83,10 +88,12 @@ class RunOutcome:
             "stats": self.stats,
             "files": sorted(self.files),
             "artifacts": sorted(self.artifacts),
+            "output": self.output,
         }
 
 
-def _child_env(variables: dict[str, str], input_file: Path | None, workdir: Path) -> dict[str, str]:
+def _child_env(variables: dict[str, str], input_file: Path | None, workdir: Path,
+               data_vars: dict[str, str] | None = None) -> dict[str, str]:
     """The robot's environment: ours without Control Tower's own settings and tokens, plus its variables."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("CT_", "VIRTUAL_ENV", "PYTHONHOME"))}
     env["PYTHONUNBUFFERED"] = "1"
@@ -96,6 +103,8 @@ def _child_env(variables: dict[str, str], input_file: Path | None, workdir: Path
         env[f"CT_VAR_{key}"] = value
     if input_file is not None:
         env["CT_INPUT_FILE"] = str(input_file)
+    for key, value in (data_vars or {}).items():
+        env[f"CT_{key}"] = value
     return env
 
 
@@ -158,6 +167,8 @@ def run_task(
     task: str | None = None,
     variables: dict[str, str] | None = None,
     input_data: Any = None,
+    input_files: dict[str, Path] | None = None,
+    output_max_bytes: int = OUTPUT_MAX_BYTES,
     timeout_s: float | None = None,
     on_line: Callable[[str], None] | None = None,
     cancel: threading.Event | None = None,
@@ -175,8 +186,9 @@ def run_task(
     out_dir.mkdir(parents=True, exist_ok=True)
     input_file = None
     if input_data is not None:
-        input_file = workdir / "input.json"
+        input_file = workdir / INPUT_JSON
         input_file.write_text(json.dumps(input_data))
+    data_vars = _place_inputs(workdir, input_files or {})
     outcome = RunOutcome(status=Status.error, task=task_name, message=None, exit_code=None, duration_s=0.0,
                          workdir=workdir)
     try:
@@ -191,17 +203,49 @@ def run_task(
                     cmd += ["--variable", f"{key}:{value}"]
                 if input_file is not None:
                     cmd += ["--variable", f"INPUT_FILE:{input_file}"]
+                cmd += [arg for key, value in data_vars.items() for arg in ("--variable", f"{key}:{value}")]
                 cmd.append(task_spec.robot)
             else:
                 cmd = [env.python, "-c", _PYTHON_TASK_SCRIPT, str(task_spec.python)]
-            _execute(cmd, workdir, _child_env(variables, input_file, workdir), timeout_s, emit, cancel, outcome)
+            _execute(cmd, workdir, _child_env(variables, input_file, workdir, data_vars), timeout_s, emit, cancel,
+                     outcome)
             if task_spec.robot is not None and (out_dir / "output.xml").is_file():
                 outcome.stats = _stats(env.python, out_dir / "output.xml")
     except EnvBuildError as exc:
         outcome.status, outcome.message = Status.error, f"environment build failed: {exc}"[:MAX_MESSAGE]
         emit(outcome.message)
     _collect(outcome, out_dir)
+    _read_output(outcome, workdir / OUTPUT_JSON, output_max_bytes, emit)
     return outcome
+
+
+def _place_inputs(workdir: Path, input_files: dict[str, Path]) -> dict[str, str]:
+    """Copy the input files into `input/`; the variables naming the input dir and the output file."""
+    input_dir = workdir / INPUT_DIR
+    input_dir.mkdir(exist_ok=True)
+    for name, source in input_files.items():
+        if Path(name).name != name or name in ("", ".", ".."):
+            raise ValueError(f"input file name {name!r} must be a plain file name")
+        shutil.copyfile(source, input_dir / name)
+    return {"INPUT_DIR": str(input_dir), "OUTPUT_FILE": str(workdir / OUTPUT_JSON)}
+
+
+def _read_output(outcome: RunOutcome, path: Path, max_bytes: int, emit: Callable[[str], None]) -> None:
+    """The task's output.json becomes the run's output; one that is too large or not JSON fails the run."""
+    if not path.is_file() or path.is_symlink():
+        return
+    problem = None
+    if path.stat().st_size > max_bytes:
+        problem = f"{OUTPUT_JSON}: larger than the limit of {max_bytes} bytes"
+    else:
+        try:
+            outcome.output = json.loads(path.read_bytes())
+        except ValueError as exc:
+            problem = f"{OUTPUT_JSON}: not valid JSON: {exc}"
+    if problem is not None:
+        emit(problem)
+        if outcome.status == Status.passed:
+            outcome.status, outcome.message = Status.failed, problem
 
 
 def _execute(cmd: list[str], cwd: Path, env: dict[str, str], timeout_s: float, emit: Callable[[str], None],

@@ -108,7 +108,7 @@ class RpaQueue(Base):
     name: Mapped[str] = mapped_column(String(64), unique=True)
     robot_id: Mapped[int] = mapped_column(ForeignKey("rpa_robots.id", ondelete="CASCADE"), index=True)
     task: Mapped[str | None] = mapped_column(String(255))
-    version: Mapped[str] = mapped_column(String(16), default="production")
+    version: Mapped[str | None] = mapped_column(String(16))
     labels: Mapped[list[str]] = mapped_column(JSON, default=list)
     agent_id: Mapped[int | None] = mapped_column()
     max_attempts: Mapped[int] = mapped_column(default=3)

@@ -135,6 +135,8 @@ class RpaRunner:
                 raise ReportError("download: the package's sha256 does not match the version's")
             package_dir = workdir / "package"
             spec = await asyncio.to_thread(self._unpack, data, package_dir, ctx.settings.rpa_package_max_bytes)
+            payload["input_files"] = await self._fetch_inputs(ctx, base, started.get("input_files") or [],
+                                                              workdir / "inputs")
             logs.add(f"agent {ctx.agent_name}: {payload['robot']} v{payload['version']}, task {payload['task']!r}")
             outcome = await self._execute(ctx, item_id, spec, package_dir, workdir / "run", payload, logs, base)
             await self._upload(ctx, base, outcome)
@@ -163,6 +165,7 @@ class RpaRunner:
         job = asyncio.create_task(asyncio.to_thread(
             run_task, spec, package_dir, run_dir, envs, task=payload["task"],
             variables=payload.get("variables") or {}, input_data=payload.get("input"),
+            input_files=payload.get("input_files"), output_max_bytes=ctx.settings.rpa_data_max_bytes,
             timeout_s=payload.get("timeout_s"), on_line=logs.add, cancel=cancel,
         ))
         renew_every = min(RENEW_EVERY_S, float(payload.get("lease_s") or RENEW_EVERY_S * 3) / 3)
@@ -185,6 +188,22 @@ class RpaRunner:
                         log.warning("lease renewal failed: %s", exc)
         return job.result()
 
+    async def _fetch_inputs(self, ctx: _AgentContext, base: str, entries: list[dict[str, Any]],
+                            target: Path) -> dict[str, Path]:
+        """Download the run's input files (each checked against its sha256) to `target`."""
+        files: dict[str, Path] = {}
+        for entry in entries:
+            name = str(entry["name"])
+            response = await _check(ctx.http.get(f"{base}/inputs/{name}", timeout=UPLOAD_TIMEOUT_S),
+                                    f"input file {name}")
+            if hashlib.sha256(response.content).hexdigest() != entry["sha256"]:
+                raise ReportError(f"input file {name}: the download's sha256 does not match")
+            target.mkdir(parents=True, exist_ok=True)
+            path = target / Path(name).name
+            await asyncio.to_thread(path.write_bytes, response.content)
+            files[name] = path
+        return files
+
     async def _flush(self, ctx: _AgentContext, base: str, logs: _LogBuffer) -> None:
         while lines := logs.take():
             await _check(ctx.http.post(f"{base}/log", json={"lines": lines}), "log")
@@ -199,6 +218,6 @@ class RpaRunner:
 
 
 _FINISH_FIELDS = frozenset({"status", "message", "exit_code", "stats", "duration_s", "env_hash", "env_built",
-                            "env_build_s"})
+                            "env_build_s", "output"})
 
 plugin = RpaRunner()

@@ -15,6 +15,7 @@ from controltower.core.context import Context
 from controltower.core.db import utcnow
 from controltower.core.events import Event
 from controltower.core.work import WorkItem, WorkStatus
+from controltower.rpa.inputs import InputRefused, check_json_size, resolve_files
 from controltower.rpa.models import Robot, RobotRun, RunLogLine
 from controltower.rpa.package import RobotSpec
 from controltower.rpa.robots import get_robot, get_version
@@ -68,6 +69,8 @@ def start_run(ctx: Context, session: Session, body: RunCreate, actor: str) -> Ro
     for key in body.variables:
         if not re.match(r"^[A-Za-z_][A-Za-z0-9_]*$", key):
             raise RunRefused(f"variables: {key!r} is not a variable name (letters, digits, _)")
+    check_json_size(body.input, "input", ctx.settings.rpa_data_max_bytes)
+    input_files = resolve_files(ctx.blobs, body.files)
     run = RobotRun(
         robot_id=robot.id,
         version=version.number,
@@ -77,6 +80,7 @@ def start_run(ctx: Context, session: Session, body: RunCreate, actor: str) -> Ro
         target_agent_id=body.agent_id,
         variables=dict(body.variables),
         input=body.input,
+        input_files=input_files,
         timeout_s=body.timeout_s or spec.timeout_for(task),
         created_by=actor,
         files={},
@@ -168,6 +172,11 @@ def finish(ctx: Context, session: Session, run: RobotRun, agent_id: int, body: R
         raise RunConflict(f"run {run.id} already finished as {run.status}")
     run.status = body.status
     run.message = body.message
+    run.output = body.output
+    try:
+        check_json_size(body.output, "output", ctx.settings.rpa_data_max_bytes)
+    except InputRefused as exc:
+        run.status, run.message, run.output = "failed", str(exc), None
     run.exit_code = body.exit_code
     run.stats = body.stats
     run.duration_s = body.duration_s

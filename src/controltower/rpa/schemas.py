@@ -70,6 +70,14 @@ class PromoteBody(BaseModel):
     version: int = Field(ge=1)
 
 
+class InputFileRef(BaseModel):
+    """A file uploaded with POST /rpa/files, named as the task will see it in its `input/` dir."""
+
+    name: str = Field(min_length=1, max_length=255, description="Plain file name, e.g. invoice.pdf")
+    sha256: str = Field(pattern=r"^[0-9a-f]{64}$", description="As returned by the upload")
+    size: int | None = Field(None, description="Filled in by the server")
+
+
 class RunCreate(BaseModel):
     robot: str = Field(min_length=1, max_length=64)
     task: str | None = Field(None, description="Default: the robot's first task")
@@ -80,6 +88,8 @@ class RunCreate(BaseModel):
     agent_id: int | None = Field(None, description="Run on this agent only")
     variables: dict[str, str] = Field(default_factory=dict, description="Robot Framework variables")
     input: Any = Field(None, description="JSON input, handed to the task as input.json")
+    files: list[InputFileRef] = Field(default_factory=list, max_length=100,
+                                      description="Uploaded files, put in the task's input/ dir")
     timeout_s: float | None = Field(None, gt=0, le=7 * 24 * 3600, description="Default: robot.yaml's timeout")
     retries: int = Field(0, ge=0, le=10, description="Retries after the agent is lost mid-run")
     lease_s: float = Field(60.0, ge=3, le=3600, description="Silence after which the agent counts as lost")
@@ -97,6 +107,8 @@ class RunPublic(BaseModel):
     work_item_id: int | None
     variables: dict[str, str]
     input: Any
+    input_files: list[InputFileRef]
+    output: Any
     timeout_s: float
     attempts: int
     stats: dict[str, Any] | None
@@ -133,3 +145,4 @@ class RunFinish(BaseModel):
     env_hash: str | None = Field(None, max_length=64)
     env_built: bool = False
     env_build_s: float = Field(0.0, ge=0)
+    output: Any = Field(None, description="What the task wrote to output.json")

@@ -28,7 +28,7 @@ def upgrade() -> None:
         sa.Column("name", sa.String(length=64), nullable=False),
         sa.Column("robot_id", sa.Integer(), nullable=False),
         sa.Column("task", sa.String(length=255), nullable=True),
-        sa.Column("version", sa.String(length=16), nullable=False),
+        sa.Column("version", sa.String(length=16), nullable=True),
         sa.Column("labels", sa.JSON(), nullable=False),
         sa.Column("agent_id", sa.Integer(), nullable=True),
         sa.Column("max_attempts", sa.Integer(), nullable=False),
