@@ -185,4 +185,7 @@ def devices_dead_letters(
 
 
 def register(app: typer.Typer) -> None:
+    from controltower.iot.device_cli import device_app
+
     app.add_typer(devices_app, name="devices")
+    app.add_typer(device_app, name="device")
