@@ -28,3 +28,5 @@ def setup(ctx: Context) -> None:
     ctx.scheduler.every("iot.files.expire", upload_check_s, hub.expire_uploads)
     actions.register(ctx)
     exporter.setup(ctx, hub)
+    from controltower.iot import ui  # the dashboard pages
+    ui.register(ctx)

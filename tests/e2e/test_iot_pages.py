@@ -1,0 +1,239 @@
+"""The Devices pages in a real browser: the list with latest values, a device's charts, attributes, files and a
+command answered by a real MQTT device, the dead letters, and a viewer who cannot send commands."""
+
+from __future__ import annotations
+
+import io
+import json
+import re
+import time
+from collections.abc import Iterator
+
+import httpx
+import paho.mqtt.client as mqtt
+import pytest
+from PIL import Image
+
+from controltower.client import ApiError, Client
+from tests.conftest import skip_or_fail
+from tests.e2e.browser import chromium_missing, log_in, open_tab
+from tests.iot.mqtt_support import DeviceClient
+from tests.support import RunningServer, start_server, wait_for
+
+pytestmark = pytest.mark.timeout(240)
+
+
+@pytest.fixture(scope="module")
+def iot_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]:
+    """`ctower up --no-agent`: the Devices pages need no local agent."""
+    if chromium_missing():
+        skip_or_fail(chromium_missing() or "")
+    srv = start_server(tmp_path_factory.mktemp("iot-pages") / "data")
+    yield srv
+    srv.stop()
+
+
+@pytest.fixture(scope="module")
+def password(iot_server: RunningServer) -> str:
+    return (iot_server.data_dir / "admin-password").read_text().strip()
+
+
+def _device(srv: RunningServer, name: str, labels: list[str], type_: str = "sensor") -> dict:
+    with srv.client() as admin:
+        return admin.post("devices", {"name": name, "type": type_, "labels": labels})
+
+
+def _push(srv: RunningServer, dev: dict, channel: str, body: object) -> dict:
+    response = httpx.post(f"{srv.url}/api/v1/devices/{dev['id']}/{channel}", json=body,
+                          headers={"Authorization": f"Bearer {dev['token']}"}, timeout=30)
+    assert response.status_code == 200, response.text
+    return response.json()
+
+
+def _png(width: int, height: int) -> bytes:
+    image = Image.new("RGB", (width, height), (30, 120, 200))
+    out = io.BytesIO()
+    image.save(out, format="PNG")
+    return out.getvalue()
+
+
+def _upload(srv: RunningServer, dev: dict, body: bytes, content_type: str, filename: str) -> dict:
+    response = httpx.post(f"{srv.url}/api/v1/devices/{dev['id']}/files", content=body, params={"filename": filename},
+                          headers={"Authorization": f"Bearer {dev['token']}", "Content-Type": content_type},
+                          timeout=30)
+    assert response.status_code == 201, response.text
+    return response.json()
+
+
+def test_empty_list_tells_how_to_add_a_device(browser, iot_server, password, request):
+    with open_tab(browser, request.node.name) as tab:
+        log_in(tab, iot_server.url, "admin", password, "/devices")
+        empty = tab.page.get_by_test_id("no-devices")
+        empty.wait_for()
+        assert "ctower devices add NAME" in empty.inner_text()
+        assert "ctower device simulate --count 10" in empty.inner_text()
+        tab.shot("no-devices")
+
+
+def test_list_shows_devices_with_status_and_latest_values_and_filters(browser, iot_server, password, request):
+    hall = _device(iot_server, "hall-sensor", ["aisle-3", "warehouse"])
+    yard = _device(iot_server, "yard-sensor", ["outdoor"])
+    _push(iot_server, hall, "telemetry", {"values": {"temperature": 21.5, "humidity": 40}})
+    mqtt_yard = DeviceClient(int(iot_server.env["CT_MQTT_PORT"]), yard["id"], yard["token"]).connect()
+    try:
+        mqtt_yard.publish("telemetry", json.dumps({"values": {"temperature": -3.25}}).encode())
+        with open_tab(browser, request.node.name) as tab:
+            page = tab.page
+            log_in(tab, iot_server.url, "admin", password, "/devices")
+            hall_row = page.get_by_role("row").filter(has_text="hall-sensor")
+            hall_row.get_by_text("humidity 40 · temperature 21.5").wait_for()
+            assert hall_row.locator("[data-status=online]").count() == 1  # it pushed a moment ago over HTTP
+            assert "aisle-3, warehouse" in hall_row.inner_text()
+            yard_row = page.get_by_role("row").filter(has_text="yard-sensor")
+            yard_row.get_by_text("temperature -3.25").wait_for()  # arrived over MQTT
+            yard_row.locator("[data-status=online]").wait_for()
+            tab.shot("list")
+
+            page.get_by_label("Search").fill("yard")
+            wait_for(lambda: hall_row.count() == 0, message="the search to hide hall-sensor")
+            assert yard_row.count() == 1
+            page.get_by_label("Search").fill("")
+            hall_row.wait_for()
+            page.get_by_label("Label").click()
+            page.get_by_role("option", name="outdoor").click()
+            wait_for(lambda: hall_row.count() == 0, message="the label filter to hide hall-sensor")
+            assert yard_row.count() == 1
+            assert page.get_by_test_id("device-count").inner_text() == "1 of 2 devices"
+            tab.shot("filtered")
+            yard_row.get_by_role("link", name="yard-sensor").click()
+            page.wait_for_url(f"**/devices/{yard['id']}")
+            page.get_by_test_id("device-name").get_by_text("yard-sensor").wait_for()
+    finally:
+        mqtt_yard.close()
+
+
+def test_device_page_shows_charts_and_attributes_with_history(browser, iot_server, password, request):
+    dev = _device(iot_server, "boiler", ["basement"])
+    now = time.time()
+    _push(iot_server, dev, "telemetry", [{"ts": now - 120 + i * 30, "values": {"pressure": 1.5 + i / 10}}
+                                         for i in range(4)])
+    _push(iot_server, dev, "attributes", {"firmware": "1.2.3"})
+    _push(iot_server, dev, "attributes", {"firmware": "1.2.4", "mode": {"heating": True}})
+    with open_tab(browser, request.node.name) as tab:
+        page = tab.page
+        log_in(tab, iot_server.url, "admin", password, f"/devices/{dev['id']}")
+        page.get_by_test_id("device-status").get_by_text("ONLINE").wait_for()
+        caption = page.locator("[data-caption=pressure]")
+        wait_for(lambda: caption.inner_text().startswith("4 points"), message="four pressure samples in the chart")
+        assert "latest 1.8" in caption.inner_text()
+        assert page.locator("[data-chart=pressure] canvas").count() >= 1
+        attributes = page.get_by_test_id("attributes")
+        attributes.get_by_role("cell", name="1.2.4").wait_for()
+        attributes.get_by_role("cell", name='{"heating":true}').wait_for()
+        tab.shot("device")
+        attributes.get_by_role("row").filter(has_text="firmware").get_by_role("button", name="History").click()
+        dialog = page.get_by_role("dialog")
+        dialog.get_by_role("cell", name="1.2.3").wait_for()  # the older value is kept
+        assert dialog.get_by_role("cell", name="1.2.4").count() == 1
+        tab.shot("attribute-history")
+        dialog.get_by_role("button", name="Close").click()
+        page.get_by_test_id("range").get_by_text("24H").click()
+        wait_for(lambda: "60 s steps" in caption.inner_text() or "300 s steps" in caption.inner_text(),
+                 message="the 24 h range's rollup steps")
+
+
+def test_gallery_shows_an_uploaded_image_and_links_other_files(browser, iot_server, password, request):
+    dev = _device(iot_server, "dock-camera", ["aisle-3"], "camera")
+    image = _upload(iot_server, dev, _png(64, 48), "image/png", "dock.png")
+    log = _upload(iot_server, dev, b"<script>alert(1)</script>", "text/html", "log.html")
+    with open_tab(browser, request.node.name) as tab:
+        page = tab.page
+        log_in(tab, iot_server.url, "admin", password, f"/devices/{dev['id']}")
+        img = page.locator(f"[data-file='{image['id']}'] img")
+        img.wait_for()
+        wait_for(lambda: img.evaluate("i => i.complete && i.naturalWidth") == 64, message="the thumbnail to load")
+        assert "image/png" in page.locator(f"[data-file='{image['id']}']").inner_text()
+        link = page.locator(f"[data-file='{log['id']}']").get_by_role("link", name="log.html")
+        assert link.get_attribute("href") == f"/devices/files/{log['id']}"
+        served = page.request.get(iot_server.url + f"/devices/files/{log['id']}")  # with the session's cookie
+        assert served.status == 200 and served.body() == b"<script>alert(1)</script>"
+        assert served.headers["content-disposition"].startswith("attachment")  # never rendered in our origin
+        tab.shot("gallery")
+    anonymous = httpx.get(iot_server.url + f"/devices/files/{image['id']}", follow_redirects=False)
+    assert anonymous.status_code == 303 and anonymous.headers["location"].startswith("/login")
+
+
+def test_command_from_the_form_is_answered_by_an_mqtt_device(browser, iot_server, password, request):
+    dev = _device(iot_server, "gate-controller", ["yard"], "actuator")
+    client = DeviceClient(int(iot_server.env["CT_MQTT_PORT"]), dev["id"], dev["token"]).connect()
+
+    def answer(_c: mqtt.Client, _u: object, msg: mqtt.MQTTMessage) -> None:
+        command = json.loads(msg.payload)
+        reply = {"status": "succeeded", "result": {"opened": True, "echo": command["params"]}}
+        client.client.publish(f"ct/d/{dev['id']}/responses/{command['id']}", json.dumps(reply), qos=1)
+
+    client.client.on_message = answer
+    try:
+        assert client.subscribe(f"ct/d/{dev['id']}/commands") == 1
+        with open_tab(browser, request.node.name) as tab:
+            page = tab.page
+            log_in(tab, iot_server.url, "admin", password, f"/devices/{dev['id']}")
+            page.get_by_label("Name", exact=True).fill("open")
+            page.get_by_label("Params (JSON object)").fill('{"seconds": ')
+            page.get_by_role("button", name="Send command").click()
+            error = page.locator(".q-field--error")
+            error.first.wait_for()
+            assert "Params" in error.first.inner_text() and "not valid JSON" in error.first.inner_text()
+            tab.shot("command-invalid")
+            page.get_by_label("Params (JSON object)").fill('{"seconds": 5}')
+            page.get_by_role("button", name="Send command").click()
+            state = page.get_by_test_id("command-state")
+            state.get_by_text("succeeded").wait_for()
+            result = page.get_by_test_id("command-result").inner_text()
+            assert '"opened":true' in result and '"seconds":5' in result
+            recent = page.get_by_test_id("recent-commands")
+            recent.locator("[data-state=succeeded]").wait_for()
+            assert "open" in recent.inner_text()
+            tab.shot("command-succeeded")
+    finally:
+        client.close()
+    with iot_server.client() as admin:
+        [command] = admin.get(f"devices/{dev['id']}/commands")
+    assert command["state"] == "succeeded" and command["params"] == {"seconds": 5}
+
+
+def test_dead_letter_page_shows_a_malformed_message(browser, iot_server, password, request):
+    dev = _device(iot_server, "broken-sensor", [])
+    client = DeviceClient(int(iot_server.env["CT_MQTT_PORT"]), dev["id"], dev["token"]).connect()
+    try:
+        client.publish("telemetry", b'{"values": {"temperature": 20')
+    finally:
+        client.close()
+    with open_tab(browser, request.node.name) as tab:
+        page = tab.page
+        log_in(tab, iot_server.url, "admin", password, "/devices/dead-letters")
+        row = page.get_by_role("row").filter(has_text=f"ct/d/{dev['id']}/telemetry")
+        row.wait_for()
+        text = row.inner_text()
+        assert "malformed_json" in text and '{"values": {"temperature": 20' in text  # kind and payload preview
+        assert row.get_by_role("link", name=dev["id"]).count() == 1
+        badge = page.get_by_test_id("dead-letter-counts").locator("[data-kind=malformed_json]")
+        assert re.fullmatch(r"malformed_json: [1-9]\d*", badge.inner_text())
+        tab.shot("dead-letters")
+
+
+def test_viewer_cannot_send_commands(browser, iot_server, request):
+    dev = _device(iot_server, "viewer-sees-me", [])
+    with iot_server.client() as admin:
+        admin.post("users", {"name": "wall", "role": "viewer", "password": "wallscreen-pw"})
+        viewer_token = admin.post("tokens", {"name": "wall-token", "role": "viewer"})["token"]
+    with open_tab(browser, request.node.name) as tab:
+        page = tab.page
+        log_in(tab, iot_server.url, "wall", "wallscreen-pw", f"/devices/{dev['id']}")
+        page.get_by_text("Sending commands needs the operator or admin role.").wait_for()
+        assert page.get_by_role("button", name="Send command").count() == 0
+        assert page.get_by_test_id("recent-commands").count() == 1  # it may still see what was sent
+        tab.shot("device-as-viewer")
+    with Client(iot_server.url, viewer_token) as viewer, pytest.raises(ApiError) as refused:
+        viewer.post(f"devices/{dev['id']}/commands", {"name": "open"})
+    assert refused.value.status == 403
