@@ -21,7 +21,7 @@ from controltower.iot.payloads import Rejected, load_json
 UPLOAD_ID_RE = re.compile(r"[A-Za-z0-9_-]{1,64}\Z")
 SHA256_RE = re.compile(r"[0-9a-f]{64}\Z")
 HEADER_FIELDS = frozenset({"name", "content_type", "size", "sha256", "chunks", "command_id"})
-DONE_KEEP = 10_000  # finished uploads remembered, so a resent chunk or header is not taken for a new file
+CLOSED_KEEP = 10_000  # finished or refused uploads remembered: their resent or remaining messages are ignored
 
 
 @dataclass(frozen=True)
@@ -101,7 +101,7 @@ class Reassembler:
         self.max_bytes = max_bytes
         self.idle_s = idle_s
         self._uploads: dict[tuple[str, str], _Upload] = {}
-        self._done: OrderedDict[tuple[str, str], None] = OrderedDict()
+        self._closed: OrderedDict[tuple[str, str], None] = OrderedDict()
         self._lock = threading.Lock()
         for leftover in directory.glob("*.part"):  # a previous run's uploads in progress
             leftover.unlink(missing_ok=True)
@@ -114,20 +114,26 @@ class Reassembler:
         """One message under `files/`: a header (`rest` = upload id) or a chunk (`upload id/n`).
 
         Returns the stored file once its last chunk is in; Rejected (upload dropped) when something is wrong.
-        A resent header or chunk (QoS 1 redelivery, a device replaying its buffer) is ignored.
+        A resent header or chunk (QoS 1 redelivery, a device replaying its buffer) is ignored, and so are the
+        remaining chunks of a refused upload: one dead letter per upload.
         """
         upload_id, _, index = rest.partition("/")
         if not UPLOAD_ID_RE.match(upload_id):
             raise Rejected("invalid", f"topic: upload id {upload_id!r} must be 1-64 of A-Za-z0-9_-")
         key = (device_id, upload_id)
         with self._lock:
-            if key in self._done:
+            if key in self._closed:
                 return None
-            if not index:
-                return self._header(key, payload)
-            if not index.isdigit():
-                raise Rejected("invalid", f"topic: chunk number {index!r} is not a non-negative integer")
-            return self._chunk(key, int(index), payload)
+            try:
+                if not index:
+                    return self._header(key, payload)
+                if not index.isdigit():
+                    raise Rejected("invalid", f"topic: chunk number {index!r} is not a non-negative integer")
+                return self._chunk(key, int(index), payload)
+            except Rejected:
+                self._drop(key)
+                self._close(key)
+                raise
 
     def _header(self, key: tuple[str, str], payload: bytes) -> Completed | None:
         header = parse_header(load_json(payload), self.max_bytes)
@@ -185,10 +191,13 @@ class Reassembler:
                 raise Rejected("oversize", f"body.size: {exc}") from None
         finally:
             self._drop(key)
-        self._done[key] = None
-        while len(self._done) > DONE_KEEP:
-            self._done.popitem(last=False)
+        self._close(key)
         return Completed(key[1], header, blob)
+
+    def _close(self, key: tuple[str, str]) -> None:
+        self._closed[key] = None
+        while len(self._closed) > CLOSED_KEEP:
+            self._closed.popitem(last=False)
 
     def _drop(self, key: tuple[str, str]) -> None:
         upload = self._uploads.pop(key, None)
