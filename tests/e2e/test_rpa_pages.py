@@ -177,3 +177,32 @@ def test_viewer_sees_robots_and_runs_but_no_controls(browser, rpa_server, two_ve
         assert response.status == 303 and "/login" in response.headers["location"]
     finally:
         anonymous.close()
+
+
+def test_operator_rolls_back_and_cancels_a_queued_run(browser, rpa_server, two_versions, request):
+    with rpa_server.client() as api:
+        api.post(f"rpa/robots/{two_versions}/promote", {"version": 1})
+    with open_tab(browser, request.node.name) as tab:
+        page = tab.page
+        log_in(tab, rpa_server.url, *OPERATOR, f"/robots/{two_versions}")
+        versions = page.get_by_test_id("versions")
+        versions.get_by_role("row").filter(has_text="v2").get_by_role("button", name="Promote").click()
+        page.get_by_test_id("production").get_by_text("production v2").wait_for()
+        page.get_by_test_id("rollback").click()
+        page.get_by_test_id("production").get_by_text("production v1").wait_for()
+        page.get_by_test_id("history").get_by_role("cell", name="rollback").wait_for()
+        tab.shot("rolled-back")
+
+        form = page.get_by_test_id("start-run")
+        form.get_by_label("Target labels").fill("no-such-desktop")  # no agent carries it: the run stays queued
+        form.get_by_test_id("start-button").click()
+        page.wait_for_url(re.compile(r".*/robots/runs/\d+$"))
+        run_id = int(page.url.rsplit("/", 1)[1])
+        page.locator("[data-testid=run-status][data-status=queued]").wait_for()
+        page.get_by_test_id("cancel-run").click()
+        page.locator("[data-testid=run-status][data-status=cancelled]").wait_for()
+        assert page.get_by_test_id("cancel-run").is_hidden()
+        tab.shot("cancelled")
+    with rpa_server.client() as api:
+        assert api.get(f"rpa/runs/{run_id}")["status"] == "cancelled"
+        assert api.get(f"rpa/robots/{two_versions}/versions/production")["number"] == 1

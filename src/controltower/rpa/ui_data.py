@@ -5,8 +5,9 @@ from __future__ import annotations
 from typing import Any
 
 from sqlalchemy import func, select
+from sqlalchemy.orm import Session
 
-from controltower.core.agents import list_agents
+from controltower.core.agents import Agent, list_agents
 from controltower.core.context import Context
 from controltower.rpa import robots, runs
 from controltower.rpa.models import RobotRun
@@ -22,9 +23,17 @@ def _counts(stats: dict[str, Any] | None) -> str:
     return f"{stats.get('passed', 0)} passed, {stats.get('failed', 0)} failed"
 
 
-def run_row(run: RunPublic) -> dict[str, Any]:
+def agent_names(session: Session) -> dict[int, str]:
+    return {agent_id: name for agent_id, name in session.execute(select(Agent.id, Agent.name))}
+
+
+def agent_name(names: dict[int, str], agent_id: int | None) -> str:
+    return "" if agent_id is None else names.get(agent_id, f"agent {agent_id}")
+
+
+def run_row(run: RunPublic, names: dict[int, str]) -> dict[str, Any]:
     return {"id": run.id, "robot": run.robot, "version": run.version, "task": run.task, "status": run.status,
-            "agent": "" if run.agent_id is None else str(run.agent_id), "created": when(run.created_at),
+            "agent": agent_name(names, run.agent_id), "created": when(run.created_at),
             "duration": seconds(run.duration_s), "counts": _counts(run.stats), "by": run.created_by}
 
 
@@ -57,7 +66,9 @@ def robot_view(ctx: Context, name: str) -> dict[str, Any] | None:
         history = [{"at": when(h.at), "action": h.action, "version": h.version or "",
                     "previous": h.previous or "", "actor": h.actor}
                    for h in reversed(robots.history(session, robot))]
-        recent = [run_row(runs.run_public(session, r)) for r in runs.list_runs(session, name, None, RECENT_RUNS)]
+        names = agent_names(session)
+        recent = [run_row(runs.run_public(session, r), names)
+                  for r in runs.list_runs(session, name, None, RECENT_RUNS)]
         agents = [{"id": a.id, "name": a.name, "labels": list(a.labels or [])} for a in list_agents(session)]
         return {"name": robot.name, "description": robot.description, "production": robot.production_version,
                 "versions": versions, "history": history, "runs": recent, "agents": agents}
@@ -75,7 +86,8 @@ def run_rows(ctx: Context, robot: str | None, status: str | None, limit: int = 2
             rows = runs.list_runs(session, robot, status, limit)
         except robots.RobotNotFound:
             return []
-        return [run_row(runs.run_public(session, r)) for r in rows]
+        names = agent_names(session)
+        return [run_row(runs.run_public(session, r), names) for r in rows]
 
 
 def robot_names(ctx: Context) -> list[str]:
@@ -83,12 +95,14 @@ def robot_names(ctx: Context) -> list[str]:
         return [r.name for r in robots.list_robots(session)]
 
 
-def run_view(ctx: Context, run_id: int, after: int) -> tuple[RunPublic, list[str], int] | None:
-    """The run, its log lines after sequence number `after`, and the last sequence number read."""
+def run_view(ctx: Context, run_id: int, after: int) -> tuple[RunPublic, str, list[str], int] | None:
+    """The run, its agent's name, its log lines after sequence number `after`, and the last sequence number read."""
     with ctx.db.read_session() as session:
         try:
             run = runs.get_run(session, run_id)
         except runs.RunNotFound:
             return None
         lines = runs.read_log(session, run, after, limit=2000)
-        return runs.run_public(session, run), [line.line for line in lines], lines[-1].seq if lines else after
+        agent = agent_name(agent_names(session), run.agent_id)
+        return (runs.run_public(session, run), agent, [line.line for line in lines],
+                lines[-1].seq if lines else after)

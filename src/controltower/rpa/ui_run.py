@@ -22,14 +22,14 @@ POLL_S = 1.0
 LOG_LINES = 10_000
 
 
-def _facts(view: RunPublic) -> list[tuple[str, str]]:
+def _facts(view: RunPublic, agent: str) -> list[tuple[str, str]]:
     env = ""
     if view.env_build_s is not None:
         env = f"built in {seconds(view.env_build_s)}" if view.env_built else "reused (cached)"
     return [("Robot", f"{view.robot} v{view.version}"), ("Task", view.task),
             ("Target", ", ".join(view.labels) or (f"agent {view.target_agent_id}" if view.target_agent_id
                                                   else "any agent")),
-            ("Agent", "" if view.agent_id is None else str(view.agent_id)), ("Attempts", str(view.attempts)),
+            ("Agent", agent), ("Attempts", str(view.attempts)),
             ("Queued", when(view.created_at)), ("Started", when(view.started_at)),
             ("Finished", when(view.finished_at)), ("Environment", env), ("Duration", seconds(view.duration_s)),
             ("Exit code", "" if view.exit_code is None else str(view.exit_code)), ("Started by", view.created_by)]
@@ -91,7 +91,7 @@ def register(ctx: Context) -> None:
             if found is None:
                 ui.label(f"Run {run_id} not found.").classes("text-lg")
                 return None
-            first, lines, seq = found
+            first, agent, lines, seq = found
             with ui.row().classes("items-center gap-3"):
                 ui.label(f"Run {run_id}").classes("text-2xl font-bold")
                 status = ui.badge("").classes("text-base").props("data-testid=run-status")
@@ -111,7 +111,7 @@ def register(ctx: Context) -> None:
             files_box = ui.column().classes("w-full gap-4")
             state: dict[str, Any] = {"seq": seq, "files": None, "status": None, "view": None}
 
-            def show(view: RunPublic, new_lines: list[str]) -> None:
+            def show(view: RunPublic, agent: str, new_lines: list[str]) -> None:
                 for line in new_lines:
                     log.push(line)
                 if view.status != state["status"]:
@@ -126,7 +126,7 @@ def register(ctx: Context) -> None:
                 message.set_text(view.message or "")
                 facts.clear()
                 with facts:
-                    for key, value in _facts(view):
+                    for key, value in _facts(view, agent):
                         with ui.row().classes("gap-2 no-wrap"):
                             ui.label(key).classes("text-sm font-bold w-28")
                             ui.label(value).classes("text-sm").props(f"data-fact={key.lower().replace(' ', '-')}")
@@ -135,14 +135,14 @@ def register(ctx: Context) -> None:
                     state["files"] = dict(view.files)
                     _files(files_box, run_id, view.files)
 
-            show(first, lines)
+            show(first, agent, lines)
 
             async def poll() -> None:
                 again = await run.io_bound(ui_data.run_view, ctx, run_id, state["seq"])
                 if again is None:
                     return
-                view, new_lines, state["seq"] = again
-                show(view, new_lines)
+                view, agent_now, new_lines, state["seq"] = again
+                show(view, agent_now, new_lines)
                 if view.status in FINISHED and not new_lines:
                     timer.deactivate()
 
