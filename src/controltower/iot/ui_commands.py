@@ -54,8 +54,7 @@ def parse_form(name: str, params: str, timeout_s: float | None) -> CommandCreate
 
 
 def _form(ctx: Context, device_id: str, on_change: Callable[[], Any]) -> None:
-    with ui.card().classes("w-full max-w-xl"):
-        ui.label("Send a command").classes("font-bold")
+    with ui.column().classes("w-full gap-1"):
         fields: dict[str, Any] = {
             "name": ui.input("Name", placeholder="capture").classes("w-full"),
             "params": ui.textarea("Params (JSON object)", value="{}").classes("w-full font-mono").props(
@@ -120,13 +119,16 @@ def _form(ctx: Context, device_id: str, on_change: Callable[[], Any]) -> None:
         timer = ui.timer(POLL_S, poll, active=False)
 
 
-def panel(ctx: Context, user: WebUser, device_id: str, on_change: Callable[[], Any]) -> ui.table:
-    """The form (only for operators and admins) and the recent commands table the caller fills."""
+def form(ctx: Context, user: WebUser, device_id: str, on_change: Callable[[], Any]) -> None:
+    """The command form for operators and admins; others are told why there is none."""
     if user.can(Role.operator):
         _form(ctx, device_id, on_change)
     else:
         ui.label("Sending commands needs the operator or admin role.").classes("text-sm opacity-70")
-    ui.label("Recent commands").classes("font-bold")
+
+
+def recent_table() -> ui.table:
+    """The device's recent commands with their state and result; the page fills and refreshes it."""
     table = ui.table(columns=COLUMNS, rows=[], row_key="id").classes("w-full").props(
         "dense flat data-testid=recent-commands")
     table.add_slot("body-cell-state", badge_slot("state", COMMAND_COLORS))

@@ -141,12 +141,15 @@ def register(ctx: Context) -> None:
                     ui.label("Attributes").classes("text-lg font-bold")
                     attributes = _attributes(ctx, device_id)
                 with ui.card().classes("flex-1 min-w-80"):
-                    ui.label("Commands").classes("text-lg font-bold")
+                    ui.label("Send a command").classes("text-lg font-bold")
 
                     async def reload_now() -> None:
                         await refresh()
 
-                    recent = ui_commands.panel(ctx, user, device_id, reload_now)
+                    ui_commands.form(ctx, user, device_id, reload_now)
+            with ui.card().classes("w-full"):
+                ui.label("Recent commands").classes("text-lg font-bold")
+                recent = ui_commands.recent_table()
             with ui.card().classes("w-full"):
                 ui.label("Files").classes("text-lg font-bold")
                 gallery = ui.row().classes("w-full gap-3").props("data-testid=files")
