@@ -92,12 +92,11 @@ def _attributes(ctx: Context, device_id: str) -> ui.table:
     table = ui.table(columns=[{"name": "key", "label": "Attribute", "field": "key", "align": "left"},
                               {"name": "value", "label": "Value", "field": "value", "align": "left",
                                "classes": "font-mono text-xs", "style": "white-space: pre-wrap"},
-                              {"name": "ts", "label": "Since", "field": "ts", "align": "left"},
-                              {"name": "history", "label": "", "field": "key"}],
+                              {"name": "ts", "label": "Since", "field": "ts", "align": "left"}],
                      rows=[], row_key="key").classes("w-full").props("dense flat data-testid=attributes")
-    table.add_slot("body-cell-history", '<q-td :props="props" auto-width><q-btn flat dense icon="history" '
-                                        'aria-label="History" @click="$parent.$emit(\'history\', props.row.key)"/>'
-                                        '</q-td>')
+    table.add_slot("body-cell-key", '<q-td :props="props">{{ props.value }}<q-btn flat dense round size="sm" '
+                                    'icon="history" aria-label="History" '
+                                    '@click="$parent.$emit(\'history\', props.row.key)"/></q-td>')
     table.on("history", lambda e: open_history(e.args))
     return table
 
