@@ -29,7 +29,7 @@ import paho.mqtt.client as mqtt
 
 from controltower.client import Client
 from controltower.iot import topics
-from controltower.iot.device import File, Handlers, Message, telemetry_payload
+from controltower.iot.device import File, Handlers, Message
 
 log = logging.getLogger("controltower.iot.simulate")
 
@@ -53,6 +53,13 @@ def sensor_values(index: int, now: float, rng: random.Random) -> dict[str, float
     temperature = 18 + (index % 7) * 0.5 + 4 * math.sin(day) + rng.gauss(0, 0.2)
     humidity = 55 - 12 * math.sin(day) + rng.gauss(0, 1.0)
     return {"temperature": round(temperature, 2), "humidity": round(min(100.0, max(0.0, humidity)), 2)}
+
+
+def sensor_payload(index: int, now: float, rng: random.Random) -> bytes:
+    """`telemetry_payload(sensor_values(...), now)`, formatted directly: the simulator's hot path."""
+    values = sensor_values(index, now, rng)
+    return b'{"ts": %.3f, "values": {"temperature": %.2f, "humidity": %.2f}}' % (
+        now, values["temperature"], values["humidity"])
 
 
 def camera_frame(device_id: str, now: float, width: int = 320, height: int = 240, image_format: str = "PNG") -> bytes:
@@ -79,6 +86,7 @@ class _Sim:
     index: int
     client: mqtt.Client
     handlers: Handlers
+    telemetry_topic: str
     connected: bool = False
     started: bool = False
     retry_at: float = 0.0
@@ -179,7 +187,7 @@ class Simulator:
         client.will_set(topics.topic(device.id, topics.STATUS), b"offline", qos=1, retain=True)
         client.max_queued_messages_set(QUEUED_MAX)
         handlers = Handlers()
-        sim = _Sim(device, index, client, handlers, rng=rng)
+        sim = _Sim(device, index, client, handlers, topics.topic(device.id, topics.TELEMETRY), rng=rng)
         client.user_data_set(sim)
         handlers.command("ping")(lambda _params: {"pong": time.time()})
         if device.kind == CAMERA:
@@ -292,8 +300,7 @@ class Simulator:
             due, _, sim = heapq.heappop(self._due)
             if not sim.connected:
                 continue  # back on the schedule when it subscribes again
-            payload = telemetry_payload(sensor_values(sim.index, wall, sim.rng), wall)
-            info = sim.client.publish(topics.topic(sim.device.id, topics.TELEMETRY), payload, qos=self.qos)
+            info = sim.client.publish(sim.telemetry_topic, sensor_payload(sim.index, wall, sim.rng), qos=self.qos)
             self._count("sent" if info.rc == mqtt.MQTT_ERR_SUCCESS else "errors")
             following = due + period
             heapq.heappush(self._due, (following if following > now - 1 else now + period, next(self._seq), sim))
