@@ -119,6 +119,8 @@ def test_operator_compares_promotes_runs_and_reads_the_log(browser, rpa_server, 
                  message="Robot Framework's summary line in the live log")
         page.locator("[data-stat=passed]").get_by_text("1 passed").wait_for()
         assert page.locator("[data-fact=environment]").inner_text() != ""
+        assert '"invoice": 42' in page.locator("[data-run-data=input]").inner_text()
+        assert "WHO=e2e" in page.locator("[data-run-data=variables]").inner_text()
         assert page.get_by_test_id("cancel-run").is_hidden()
         tab.shot("run-passed")
 
@@ -206,3 +208,41 @@ def test_operator_rolls_back_and_cancels_a_queued_run(browser, rpa_server, two_v
     with rpa_server.client() as api:
         assert api.get(f"rpa/runs/{run_id}")["status"] == "cancelled"
         assert api.get(f"rpa/robots/{two_versions}/versions/production")["number"] == 1
+
+
+def test_queue_counts_items_and_a_dead_item_is_retried(browser, rpa_server, two_versions, request):
+    with rpa_server.client() as api:
+        api.post("rpa/queues", {"name": "e2e-invoices", "robot": two_versions, "labels": ["no-such-desktop"],
+                                "max_attempts": 1})
+        [item] = api.post("rpa/queues/e2e-invoices/items", {"payload": {"invoice": "INV-7"}})
+        run_id = wait_for(lambda: api.get(f"rpa/queues/e2e-invoices/items/{item['id']}")["run_id"], timeout=30,
+                          message="the item's run")
+        api.post(f"rpa/runs/{run_id}/cancel")  # its only attempt fails: the item is dead
+        wait_for(lambda: api.get(f"rpa/queues/e2e-invoices/items/{item['id']}")["status"] == "dead", timeout=30,
+                 message="the item to be dead")
+    with open_tab(browser, request.node.name) as tab:
+        page = tab.page
+        log_in(tab, rpa_server.url, *OPERATOR, "/robots/queues")
+        row = page.get_by_test_id("queues").get_by_role("row").filter(has_text="e2e-invoices")
+        row.wait_for()
+        assert [c.inner_text() for c in row.get_by_role("cell").all()][-1] == "1"  # the dead column
+        tab.shot("queues")
+        row.get_by_role("link", name="e2e-invoices").click()
+        page.wait_for_url("**/robots/queues/e2e-invoices")
+        page.locator("[data-count=dead]").get_by_text("1 dead").wait_for()
+        item_row = page.get_by_test_id("items").get_by_role("row").filter(has_text="INV-7")
+        item_row.locator("[data-status=dead]").wait_for()
+        assert f"run {run_id} cancelled" in item_row.inner_text()
+        tab.shot("queue-dead-item")
+        item_row.get_by_role("button", name="Retry").click()
+        item_row.locator("[data-status=in_progress]").wait_for()
+        page.locator("[data-count=dead]").get_by_text("0 dead").wait_for()
+        tab.shot("queue-retried")
+    with open_tab(browser, request.node.name + "-viewer") as tab:
+        log_in(tab, rpa_server.url, *VIEWER, "/robots/queues/e2e-invoices")
+        tab.page.get_by_test_id("items").get_by_role("row").filter(has_text="INV-7").wait_for()
+        assert tab.page.get_by_role("button", name="Retry").count() == 0
+    with rpa_server.client() as api:
+        again = api.get(f"rpa/queues/e2e-invoices/items/{item['id']}")
+        assert again["status"] == "in_progress" and again["attempts"] == 1 and len(again["run_ids"]) == 2
+        api.post(f"rpa/runs/{again['run_id']}/cancel")

@@ -9,12 +9,14 @@ from pathlib import Path
 import pytest
 
 from controltower.config import Settings
+from controltower.core import lifecycle
 from controltower.core.auth import Role
 from controltower.core.context import Context
 from controltower.core.db import Database
-from controltower.rpa import robots, ui_data, ui_ops
+from controltower.rpa import robots, ui_data, ui_ops, workitems
 from controltower.rpa.archive import pack
 from controltower.rpa.templates import create
+from controltower.rpa.workitems_schemas import ItemCreate, QueueCreate
 from controltower.server import build_context
 from controltower.web.session import WebUser
 
@@ -98,3 +100,21 @@ def test_rollback_goes_back_and_refuses_without_an_earlier_version(ctx: Context,
     assert ui_ops.rollback(ctx, HANA, "ui-bot") == 2
     view = ui_data.robot_view(ctx, "ui-bot")
     assert view is not None and view["production"] == 2
+
+
+def test_queue_view_counts_items_and_retry_refuses_an_item_in_progress(ctx: Context, tmp_path: Path) -> None:
+    _push_two(ctx, tmp_path / "bot")
+    assert ui_data.queues(ctx) == [] and ui_data.queue_view(ctx, "inv", None) is None
+    with ctx.db.session() as session:
+        queue = workitems.create_queue(session, QueueCreate(name="inv", robot="ui-bot", labels=["nowhere"]), "t")
+        [item] = workitems.push(ctx, session, queue, [ItemCreate(payload={"invoice": "INV-1"})])
+        item_id = item.id
+    [public] = ui_data.queues(ctx)
+    assert public.counts["in_progress"] == 1 and public.counts["dead"] == 0
+    view = ui_data.queue_view(ctx, "inv", "in_progress")
+    assert view is not None
+    assert [(i["id"], i["status"], i["payload"]) for i in view["items"]] == [(item_id, "in_progress",
+                                                                            '{"invoice": "INV-1"}')]
+    assert ui_data.queue_view(ctx, "inv", "dead")["items"] == []  # type: ignore[index]
+    with pytest.raises(lifecycle.IllegalTransition):
+        ui_ops.retry_item(ctx, "inv", item_id)

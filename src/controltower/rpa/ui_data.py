@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 from sqlalchemy import func, select
@@ -9,10 +10,11 @@ from sqlalchemy.orm import Session
 
 from controltower.core.agents import Agent, list_agents
 from controltower.core.context import Context
-from controltower.rpa import robots, runs
+from controltower.rpa import robots, runs, workitems
 from controltower.rpa.models import RobotRun
 from controltower.rpa.schemas import RunPublic, VersionDiff
 from controltower.rpa.ui_nav import seconds, when
+from controltower.rpa.workitems_schemas import QueuePublic
 
 RECENT_RUNS = 20
 
@@ -106,3 +108,30 @@ def run_view(ctx: Context, run_id: int, after: int) -> tuple[RunPublic, str, lis
         agent = agent_name(agent_names(session), run.agent_id)
         return (runs.run_public(session, run), agent, [line.line for line in lines],
                 lines[-1].seq if lines else after)
+
+
+def queues(ctx: Context) -> list[QueuePublic]:
+    with ctx.db.read_session() as session:
+        return workitems.list_queues(session)
+
+
+def queue_view(ctx: Context, name: str, status: str | None, limit: int = 500) -> dict[str, Any] | None:
+    """The queue with its counts, and its items (oldest first, optionally of one status)."""
+    with ctx.db.read_session() as session:
+        try:
+            queue = workitems.get_queue(session, name)
+        except workitems.QueueNotFound:
+            return None
+        items = [{"id": i.id, "status": i.status, "attempts": i.attempts, "payload": _short(i.payload),
+                  "files": ", ".join(f["name"] for f in i.files or []), "error": i.last_error or "",
+                  "output": _short(i.output), "run_id": i.run_id or "", "enqueued": when(i.enqueued_at),
+                  "updated": when(i.updated_at)}
+                 for i in workitems.list_items(session, queue, status, limit)]
+        return {"queue": workitems.queue_public(session, queue), "items": items}
+
+
+def _short(value: Any, limit: int = 200) -> str:
+    if value is None:
+        return ""
+    text = json.dumps(value, ensure_ascii=False)
+    return text if len(text) <= limit else text[:limit] + "…"

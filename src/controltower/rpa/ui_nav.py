@@ -1,4 +1,4 @@
-"""What the Robots pages share: the sub-navigation, the colours of run states and how times read."""
+"""What the Robots pages share: the sub-navigation, the colours of run and item states and how times read."""
 
 from __future__ import annotations
 
@@ -7,14 +7,15 @@ import datetime as dt
 from nicegui import ui
 
 RUN_COLORS = {"queued": "grey", "running": "info", "passed": "positive", "failed": "negative",
-              "timed_out": "warning", "error": "negative", "lost": "warning", "cancelled": "grey"}
+              "timed_out": "warning", "error": "negative", "lost": "warning", "cancelled": "grey",
+              "pending": "grey", "in_progress": "info", "done": "positive", "dead": "negative"}
 # Quasar's badge colour per status, for table cells rendered in the browser.
 RUN_COLORS_JS = "{" + ", ".join(f"{k}: '{v}'" for k, v in RUN_COLORS.items()) + "}"
 
 
 def submenu(active: str) -> None:
     with ui.row().classes("gap-2"):
-        for label, path in (("Robots", "/robots"), ("Runs", "/robots/runs")):
+        for label, path in (("Robots", "/robots"), ("Runs", "/robots/runs"), ("Queues", "/robots/queues")):
             ui.link(label, path).classes(
                 "px-3 py-1 rounded no-underline " + ("bg-primary text-white" if path == active else "border")
             )

@@ -8,8 +8,9 @@ from typing import Any
 from pydantic import ValidationError
 
 from controltower.core.context import Context
-from controltower.rpa import robots, runs
+from controltower.rpa import robots, runs, workitems
 from controltower.rpa.schemas import RunCreate
+from controltower.rpa.workitems_schemas import ItemRetry
 from controltower.web.session import WebUser
 
 
@@ -40,6 +41,13 @@ def rollback(ctx: Context, user: WebUser, name: str) -> int:
 def cancel(ctx: Context, run_id: int) -> None:
     with ctx.db.session() as session:
         runs.cancel(ctx, session, runs.get_run(session, run_id))
+
+
+def retry_item(ctx: Context, queue_name: str, item_id: int) -> None:
+    """A dead or waiting item back to pending with fresh attempts, as POST .../items/{id}/retry does."""
+    with ctx.db.session() as session:
+        queue = workitems.get_queue(session, queue_name)
+        workitems.retry_item(ctx, session, queue, workitems.get_item(session, queue, item_id), ItemRetry())
 
 
 def _variables(text: str) -> dict[str, str]:

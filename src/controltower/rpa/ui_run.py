@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 from fastapi import Request
@@ -49,6 +50,23 @@ def _stats(box: ui.element, stats: dict[str, Any] | None) -> None:
             ui.label(f"{failure.get('task')}: {failure.get('message')}").classes("text-negative text-sm")
         for error in stats.get("errors") or []:
             ui.label(error).classes("text-negative text-sm")
+
+
+def _data(box: ui.element, view: RunPublic) -> None:
+    """What the run was given (variables, JSON input, input files) and what it returned (output.json)."""
+    box.clear()
+    given = [("Variables", "\n".join(f"{k}={v}" for k, v in view.variables.items())),
+             ("Input", "" if view.input is None else json.dumps(view.input, indent=2, ensure_ascii=False)),
+             ("Input files", "\n".join(f.name for f in view.input_files)),
+             ("Output", "" if view.output is None else json.dumps(view.output, indent=2, ensure_ascii=False))]
+    shown = [(title, text) for title, text in given if text]
+    if not shown:
+        return
+    with box, ui.card().classes("w-full"), ui.row().classes("w-full gap-4 items-start"):
+        for title, text in shown:
+            with ui.column().classes("flex-1 min-w-60 gap-1").props(f"data-run-data={title.lower().replace(' ', '-')}"):
+                ui.label(title).classes("font-bold")
+                ui.label(text).classes("font-mono text-xs whitespace-pre-wrap break-all")
 
 
 def _files(box: ui.element, run_id: int, files: dict[str, dict[str, Any]]) -> None:
@@ -108,6 +126,7 @@ def register(ctx: Context) -> None:
                     stats = ui.column().classes("gap-1")
                     ui.label("Log").classes("font-bold")
                     log = ui.log(max_lines=LOG_LINES).classes("w-full h-96 text-xs").props("data-testid=run-log")
+            data_box = ui.column().classes("w-full")
             files_box = ui.column().classes("w-full gap-4")
             state: dict[str, Any] = {"seq": seq, "files": None, "status": None, "view": None}
 
@@ -131,6 +150,7 @@ def register(ctx: Context) -> None:
                             ui.label(key).classes("text-sm font-bold w-28")
                             ui.label(value).classes("text-sm").props(f"data-fact={key.lower().replace(' ', '-')}")
                 _stats(stats, view.stats)
+                _data(data_box, view)
                 if view.files != state["files"]:
                     state["files"] = dict(view.files)
                     _files(files_box, run_id, view.files)
