@@ -1,0 +1,157 @@
+"""Dashboard benchmark: the devices list with 1,000 devices pushing telemetry, load time and live-update CPU."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import statistics
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from tempfile import TemporaryDirectory
+from typing import Any
+
+import httpx
+import psutil
+from tests.e2e.browser import CHROMIUM, CHROMIUM_ARGS, chromium_missing, log_in, open_tab
+from tests.support import start_server
+
+from bench._meter import ProcessMeter
+from bench.dashboard_fleet import _chromium_meter
+
+PUSH_INTERVAL_S = 10.0
+# True once the page says it lists all `n` devices and the table shows its first page of rows.
+ALL_LISTED = """n => {
+  const count = document.querySelector('[data-testid=device-count]');
+  return !!count && count.textContent.startsWith(n + ' of ' + n)
+    && document.querySelectorAll('tbody tr').length >= Math.min(n, 50);
+}"""
+
+
+def _import(url: str, admin_token: str, n: int) -> list[dict[str, str]]:
+    rows = "\n".join(f"sensor-{i:04d},s{i:04d},sensor,aisle-{i % 10}" for i in range(n))
+    response = httpx.post(url + "/api/v1/devices/import", content=f"name,id,type,labels\n{rows}\n",
+                          headers={"Authorization": f"Bearer {admin_token}", "Content-Type": "text/csv"},
+                          timeout=300)
+    response.raise_for_status()
+    return response.json()["created"]
+
+
+def _push(client: httpx.Client, device: dict[str, str]) -> None:
+    body = {"values": {"temperature": round(random.uniform(15, 30), 2), "humidity": round(random.uniform(30, 60), 1)}}
+    client.post(f"/api/v1/devices/{device['id']}/telemetry", json=body,
+                headers={"Authorization": f"Bearer {device['token']}"}).raise_for_status()
+
+
+class _Pusher(threading.Thread):
+    """Every device sends one reading every 10 s over HTTP, until stopped."""
+
+    def __init__(self, pool: ThreadPoolExecutor, clients: list[httpx.Client], devices: list[dict[str, str]]) -> None:
+        super().__init__(daemon=True)
+        self.pool, self.clients, self.devices = pool, clients, devices
+        self.stopped = threading.Event()
+        self.rounds = 0
+        self.errors: list[str] = []
+
+    def push_all(self) -> None:
+        list(self.pool.map(lambda i: _push(self.clients[i % len(self.clients)], self.devices[i]),
+                           range(len(self.devices))))
+
+    def run(self) -> None:
+        while not self.stopped.is_set():
+            started = time.monotonic()
+            try:
+                self.push_all()
+                self.rounds += 1
+            except Exception as exc:  # recorded in the result, the window goes on
+                self.errors.append(f"{exc.__class__.__name__}: {str(exc)[:200]}")
+            self.stopped.wait(max(0.0, PUSH_INTERVAL_S - (time.monotonic() - started)))
+
+
+def run(devices: int = 1000, window_s: float = 60.0, loads: int = 3) -> dict[str, Any]:
+    reason = chromium_missing()
+    if reason:
+        return {"skipped": reason}
+    from playwright.sync_api import sync_playwright
+
+    with TemporaryDirectory() as tmp:
+        srv = start_server(Path(tmp) / "data")
+        pool = ThreadPoolExecutor(8)
+        clients = [httpx.Client(base_url=srv.url, timeout=60) for _ in range(8)]
+        pusher: _Pusher | None = None
+        try:
+            password = (srv.data_dir / "admin-password").read_text().strip()
+            started = time.monotonic()
+            created = _import(srv.url, srv.token, devices)
+            import_s = time.monotonic() - started
+            pusher = _Pusher(pool, clients, created)
+            pusher.push_all()
+            pusher.start()
+            with sync_playwright() as pw:
+                browser = pw.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS, headless=True)
+                try:
+                    with open_tab(browser, "bench-dashboard-devices") as tab:
+                        page = tab.page
+                        log_in(tab, srv.url, "admin", password, "/devices")
+                        page.wait_for_function(ALL_LISTED, arg=devices, timeout=120_000)  # warm-up load
+                        load_s = []
+                        for _ in range(loads):
+                            t0 = time.monotonic()
+                            page.goto(srv.url + "/devices")
+                            page.wait_for_function(ALL_LISTED, arg=devices, timeout=120_000)
+                            load_s.append(time.monotonic() - t0)
+                        t0 = time.monotonic()
+                        page.get_by_label("Search").fill("sensor-0999")
+                        page.wait_for_function("() => document.querySelector('[data-testid=device-count]')"
+                                               ".textContent.startsWith('1 of')", timeout=60_000)
+                        search_s = time.monotonic() - t0
+                        page.get_by_label("Search").fill("")
+                        page.wait_for_function(ALL_LISTED, arg=devices, timeout=120_000)
+                        server = ProcessMeter(srv.proc.pid)
+                        chromium = _chromium_meter()
+                        deadline = time.monotonic() + window_s
+                        while time.monotonic() < deadline:
+                            time.sleep(min(5.0, max(0.0, deadline - time.monotonic())))
+                            server.sample()
+                        browser_cpu = chromium()
+                        server_cpu = server.stop()
+                finally:
+                    browser.close()
+        finally:
+            if pusher is not None:
+                pusher.stopped.set()
+                pusher.join(60)
+            pool.shutdown()
+            for client in clients:
+                client.close()
+            srv.stop()
+    return {
+        "devices": devices,
+        "import_s": round(import_s, 1),
+        "load_s": [round(s, 3) for s in load_s],
+        "load_s_median": round(statistics.median(load_s), 3),
+        "search_s": round(search_s, 3),
+        "window_s": browser_cpu["wall_s"],
+        "browser_cpu_percent": browser_cpu["cpu_percent"],
+        "browser_rss_sum_mb": browser_cpu["rss_mb"],
+        "server_cpu_percent": server_cpu["cpu_percent"],
+        "server_rss_mb": server_cpu["rss_mb"],
+        "push_rounds": pusher.rounds if pusher else 0,
+        "push_errors": pusher.errors[:5] if pusher else [],
+        "machine_cpus": psutil.cpu_count(),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--devices", type=int, default=1000)
+    parser.add_argument("--seconds", type=float, default=60.0, help="window with the page open")
+    parser.add_argument("--loads", type=int, default=3, help="page loads timed (median reported)")
+    args = parser.parse_args()
+    print(json.dumps(run(args.devices, args.seconds, args.loads)))
+
+
+if __name__ == "__main__":
+    main()
