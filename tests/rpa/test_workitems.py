@@ -4,6 +4,10 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import os
+import signal
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -123,6 +127,45 @@ def test_concurrency_limit_and_a_timed_out_run_counts_as_a_failed_attempt(srv: R
         assert first["status"] == "dead" and first["last_error"].startswith(f"run {first['run_id']} timed_out")
         assert second["status"] == "done" and second["output"]["id"] == 2
         assert _ts(second["dispatched_at"]) >= _ts(first["finished_at"])
+
+
+def _start_agent(srv: RunningServer, client: Client, state_dir: Path, label: str,
+                 env_cache_dir: Path) -> subprocess.Popen[bytes]:
+    enrolment = client.post("agents/enrollments", {"ttl_s": 600, "labels": [label]})["token"]
+    env = {**{k: v for k, v in os.environ.items() if not k.startswith("CT_")},
+           "CT_AGENT_TOKEN": enrolment, "CT_RPA_ENV_CACHE_DIR": str(env_cache_dir)}
+    cmd = [sys.executable, "-m", "controltower", "agent", "--server", srv.url, "--name", state_dir.name,
+           "--state-dir", str(state_dir), "--labels", label]
+    state_dir.mkdir(parents=True)
+    with open(state_dir / "agent.log", "wb") as out:
+        return subprocess.Popen(cmd, env=env, stdout=out, stderr=subprocess.STDOUT)
+
+
+def test_a_lost_agent_and_a_cancelled_run_are_failed_attempts(srv: RunningServer, tmp_path: Path,
+                                                               env_cache_dir: Path) -> None:
+    with srv.client() as client:
+        client.post("rpa/queues", {"name": "doomed", "robot": "invoice-bot", "task": TASK, "labels": ["doomed"],
+                                   "max_attempts": 2, "retry_backoff_s": 0, "lease_s": 3})
+        item = client.post("rpa/queues/doomed/items", {"payload": {"id": 1, "sleep": 60}})[0]
+        first_run = item["run_id"]
+        agent = _start_agent(srv, client, tmp_path / "doomed-agent", "doomed", env_cache_dir)
+        try:
+            wait_for(lambda: client.get(f"rpa/runs/{first_run}")["status"] == "running", timeout=120,
+                     message="the run to start on the doomed agent")
+            agent.send_signal(signal.SIGKILL)  # dies mid-run: no chance to report
+            agent.wait(10)
+        finally:
+            if agent.poll() is None:
+                agent.kill()
+                agent.wait(10)
+        again = wait_for(lambda: (i := client.get(f"rpa/queues/doomed/items/{item['id']}"))["attempts"] == 2 and i,
+                         timeout=60, message="the item to be dispatched again after the agent was lost")
+        assert again["status"] == "in_progress" and again["run_ids"] == [first_run, again["run_id"]]
+        assert again["last_error"].startswith(f"run {first_run} lost: agent ")
+        client.post(f"rpa/runs/{again['run_id']}/cancel")
+        dead = wait_for(lambda: (i := client.get(f"rpa/queues/doomed/items/{item['id']}"))["status"] == "dead" and i,
+                        timeout=60, message="the item to be dead after its second run was cancelled")
+        assert dead["last_error"] == f"run {again['run_id']} cancelled"
 
 
 def test_cli_adds_a_queue_and_pushes_an_item_with_a_file(srv: RunningServer, tmp_path: Path) -> None:
