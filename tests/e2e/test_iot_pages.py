@@ -3,6 +3,7 @@ command answered by a real MQTT device, the dead letters, and a viewer who canno
 
 from __future__ import annotations
 
+import datetime as dt
 import io
 import json
 import re
@@ -140,6 +141,18 @@ def test_device_page_shows_charts_and_attributes_with_history(browser, iot_serve
         page.get_by_test_id("range").get_by_text("24H").click()
         wait_for(lambda: "60 s steps" in caption.inner_text() or "300 s steps" in caption.inner_text(),
                  message="the 24 h range's rollup steps")
+        page.get_by_test_id("range").get_by_text("CUSTOM").click()
+        later = dt.datetime.now().replace(second=0, microsecond=0) + dt.timedelta(minutes=2)
+        page.get_by_label("From", exact=True).fill(later.strftime("%Y-%m-%dT%H:%M"))
+        page.get_by_label("To", exact=True).fill((later - dt.timedelta(hours=1)).strftime("%Y-%m-%dT%H:%M"))
+        page.get_by_role("button", name="Apply").click()
+        page.get_by_text("must be after From").wait_for()
+        page.get_by_label("From", exact=True).fill((later - dt.timedelta(minutes=10)).strftime("%Y-%m-%dT%H:%M"))
+        page.get_by_label("To", exact=True).fill(later.strftime("%Y-%m-%dT%H:%M"))
+        page.get_by_role("button", name="Apply").click()
+        wait_for(lambda: caption.inner_text().startswith("4 points (raw samples)"),
+                 message=f"the custom 10 minutes' raw samples, not {caption.inner_text()!r}")
+        tab.shot("custom-range")
 
 
 def test_gallery_shows_an_uploaded_image_and_links_other_files(browser, iot_server, password, request):

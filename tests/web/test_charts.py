@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import re
 
-from controltower.web.charts import RANGES, line_options, merge, plan_for, rate, sparkline
+from controltower.web.charts import RANGES, line_options, merge, parse_local, plan_for, rate, sparkline
 
 
 def test_step_grows_with_the_range() -> None:
@@ -33,3 +34,8 @@ def test_merge_and_format() -> None:
     assert "min" not in options["xAxis"]
     windowed = line_options([("cpu", [(10.0, 1.5)])], "%", window=(0.0, 900.0))
     assert (windowed["xAxis"]["min"], windowed["xAxis"]["max"]) == (0, 900_000)
+
+
+def test_a_datetime_local_value_is_local_time() -> None:
+    assert parse_local("2030-01-02T03:04") == dt.datetime(2030, 1, 2, 3, 4).astimezone().timestamp()
+    assert parse_local("") is None and parse_local("yesterday") is None

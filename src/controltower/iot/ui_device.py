@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import time
 from typing import Any
 
@@ -14,7 +15,7 @@ from controltower.iot import ui_commands, ui_data
 from controltower.iot.ui_nav import STATUS_COLORS, submenu
 from controltower.web import session as web_session
 from controltower.web.areas import page
-from controltower.web.charts import RANGES, line_options, plan_for
+from controltower.web.charts import RANGES, line_options, parse_local, plan_for
 from controltower.web.layout import frame
 
 REFRESH_S = 5.0
@@ -28,9 +29,35 @@ class _Charts:
     def __init__(self) -> None:
         with ui.row().classes("items-center gap-3 w-full"):
             ui.label("Telemetry").classes("text-lg font-bold")
-            self.picker = ui.toggle(list(RANGES), value="15m").props("data-testid=range")
+            self.picker = ui.toggle([*RANGES, "custom"], value="15m").props("data-testid=range")
+            self.custom = ui.row().classes("items-center gap-2")
+            with self.custom:
+                now = dt.datetime.now().replace(microsecond=0, second=0)
+                self.start_in = ui.input("From", value=(now - dt.timedelta(hours=6)).isoformat()).props(
+                    "type=datetime-local")
+                self.end_in = ui.input("To", value=now.isoformat()).props("type=datetime-local")
+                self.apply = ui.button("Apply")
+            self.custom.set_visibility(False)
         self.grid = ui.grid().classes("w-full gap-4 grid-cols-1 lg:grid-cols-2")
         self.charts: dict[str, tuple[ui.echart, ui.label]] = {}
+
+    def window(self) -> tuple[float, float] | None:
+        """The range picked, or None (with the reason under the field) when the custom one is wrong."""
+        if self.picker.value != "custom":
+            end = time.time()
+            return end - RANGES[self.picker.value], end
+        start, end = parse_local(self.start_in.value or ""), parse_local(self.end_in.value or "")
+        self.start_in.error = None if start is not None else "pick a date and time"
+        self.end_in.error = None if end is not None else "pick a date and time"
+        if start is None or end is None:
+            return None
+        if end <= start:
+            self.end_in.error = "must be after From"
+            return None
+        return start, end
+
+    def live(self) -> bool:
+        return self.picker.value != "custom" and plan_for(RANGES[self.picker.value]).live
 
     def ensure(self, keys: list[str]) -> None:
         if list(self.charts) == keys:
@@ -174,8 +201,10 @@ def register(ctx: Context) -> None:
 
             async def load_charts(keys: list[str]) -> None:
                 charts.ensure(keys)
-                end = time.time()
-                start = end - RANGES[charts.picker.value]
+                window = charts.window()
+                if window is None:
+                    return
+                start, end = window
                 plan = plan_for(end - start)
                 data = await run.io_bound(ui_data.telemetry, ctx, device_id, keys, start, end, plan)
                 charts.show(data, (start, end), plan.step_s)
@@ -188,12 +217,17 @@ def register(ctx: Context) -> None:
                         await load_charts(sorted(latest.telemetry))
 
             async def tick_charts() -> None:
-                if plan_for(RANGES[charts.picker.value]).live:
+                if charts.live():
                     await load_charts(list(charts.charts))
+
+            async def on_range() -> None:
+                charts.custom.set_visibility(charts.picker.value == "custom")
+                await load_charts(list(charts.charts))
 
             show(view)
             await load_charts(sorted(view.telemetry))
-            charts.picker.on_value_change(lambda: load_charts(list(charts.charts)))
+            charts.picker.on_value_change(on_range)
+            charts.apply.on_click(lambda: load_charts(list(charts.charts)))
             ui.timer(REFRESH_S, refresh)
             ui.timer(CHART_REFRESH_S, tick_charts)
         return None

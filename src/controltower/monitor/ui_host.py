@@ -14,7 +14,7 @@ from controltower.monitor import ui_data
 from controltower.monitor.ui_nav import STATUS_COLORS, submenu
 from controltower.web import session as web_session
 from controltower.web.areas import page
-from controltower.web.charts import RANGES, line_options, plan_for
+from controltower.web.charts import RANGES, line_options, parse_local, plan_for
 from controltower.web.layout import frame
 
 LIVE_REFRESH_S = 10.0
@@ -25,13 +25,6 @@ CHARTS = (
     ("network", "Network", "B/s", None),
     ("load", "Load", "", None),
 )
-
-
-def _parse_local(text: str) -> float | None:
-    try:
-        return dt.datetime.fromisoformat(text).astimezone().timestamp()
-    except ValueError:
-        return None
 
 
 def register(ctx: Context) -> None:
@@ -78,7 +71,7 @@ def register(ctx: Context) -> None:
 
             async def load() -> None:
                 if picker.value == "custom":
-                    start, end = _parse_local(start_in.value or ""), _parse_local(end_in.value or "")
+                    start, end = parse_local(start_in.value or ""), parse_local(end_in.value or "")
                     start_in.error = None if start is not None else "pick a date and time"
                     end_in.error = None if end is not None else "pick a date and time"
                     if start is None or end is None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import math
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -20,6 +21,14 @@ class RangePlan:
     span_s: float
     step_s: float | None
     live: bool
+
+
+def parse_local(text: str) -> float | None:
+    """A `datetime-local` input's value (the browser's local time, taken as the server's) as epoch seconds."""
+    try:
+        return dt.datetime.fromisoformat(text).astimezone().timestamp()
+    except ValueError:
+        return None
 
 
 def plan_for(span_s: float) -> RangePlan:
