@@ -14,7 +14,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from controltower.iot.device import Device, File, Reply
+from controltower.iot.device import Device, File, Outbox, Reply
 from tests.iot.test_external import SERVER_PASSWORD, SERVER_USER, Mosquitto, mosquitto  # noqa: F401
 from tests.support import RunningServer, start_server, wait_for
 
@@ -76,6 +76,20 @@ def test_importing_the_device_client_loads_no_server_code() -> None:
     assert out.stdout.strip() == "[]"
 
 
+def test_the_outbox_keeps_order_and_drops_the_oldest_past_its_bound(tmp_path: Path) -> None:
+    outbox = Outbox(tmp_path / "o.sqlite", max_messages=5)
+    outbox.put([("t", b"%d" % i) for i in range(3)])
+    outbox.put([("t", b"%d" % i) for i in range(3, 8)])
+    assert [p for _id, _t, p in outbox.after(0, 100)] == [b"3", b"4", b"5", b"6", b"7"]
+    assert outbox.dropped == 3
+    first = outbox.after(0, 2)
+    outbox.remove([row_id for row_id, _t, _p in first])
+    outbox.close()
+    reopened = Outbox(tmp_path / "o.sqlite", max_messages=5)
+    assert [p for _id, _t, p in reopened.after(0, 100)] == [b"5", b"6", b"7"]
+    reopened.close()
+
+
 def test_telemetry_and_attributes_reach_the_server(srv: RunningServer, tmp_path: Path) -> None:
     dev = _new_device(srv, "client-sensor")
     since = time.time() - 60
@@ -108,6 +122,15 @@ def test_decorated_handlers_answer_commands(srv: RunningServer, tmp_path: Path) 
         assert (failed["state"], failed["error"]) == ("failed", "lens cap on (test)")
         unknown = _command(srv, dev["id"], "dance", {})
         assert unknown["state"] == "failed" and "no handler for command 'dance'" in unknown["error"]
+        rung: list[dict] = []
+        device.command("ring")(rung.append)
+        with srv.client() as admin:
+            admin.post(f"devices/{dev['id']}/commands", {"name": "ring", "params": {"n": 1}, "one_way": True})
+            wait_for(lambda: rung, message="one-way command handled")
+            device.send_telemetry({"after_ring": 1})
+            wait_for(lambda: admin.get(f"devices/{dev['id']}")["telemetry"], message="later telemetry")
+            assert rung == [{"n": 1}]
+            assert admin.get("iot/dead-letters", device_id=dev["id"]) == []  # no answer to a one-way command
 
 
 def test_a_capture_answer_carries_a_chunked_file_linked_to_the_command(srv: RunningServer, tmp_path: Path) -> None:
@@ -233,6 +256,27 @@ def test_buffer_survives_a_broker_outage_and_a_device_restart(
         assert points == [(since + i, float(i)) for i in range(25)]
     finally:
         device.stop()
+
+
+def test_sent_while_the_server_is_down_is_kept_by_mosquitto_and_arrives_after_restart(
+    ext: RunningServer, mosquitto: Mosquitto, tmp_path: Path  # noqa: F811
+) -> None:
+    dev = _enrol(ext, mosquitto, "ext-server-down")
+    device = _started(dev, mosquitto.port, tmp_path)
+    since = time.time() - 600
+    try:
+        ext.stop()
+        for i in range(30):
+            device.send_telemetry({"flow": i}, ts=since + i)
+        assert device.flush(15)  # Mosquitto acknowledged them: the server's persistent session holds them
+        ext.start()
+        points = wait_for(lambda: len(p := _points(ext, "flow", dev["id"], since - 1)) == 30 and p, timeout=30,
+                          message="what Mosquitto kept for the server")
+        assert points == [(since + i, float(i)) for i in range(30)]
+    finally:
+        device.stop()
+        if ext.proc is None or ext.proc.poll() is not None:
+            ext.start()
 
 
 def test_mosquitto_pub_with_device_credentials_is_stored(

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
-import uuid
+import socket
+from pathlib import Path
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
@@ -14,6 +16,12 @@ from controltower.iot import topics
 from controltower.iot.hub import Hub
 
 log = logging.getLogger("controltower.iot.external")
+
+
+def server_client_id(data_dir: Path) -> str:
+    """The same for every start of this server (host and data dir), different for another replica."""
+    key = f"{socket.gethostname()}:{data_dir.resolve()}"
+    return "ctower-server-" + hashlib.sha256(key.encode()).hexdigest()[:12]
 
 
 class ExternalBroker:
@@ -33,8 +41,10 @@ class ExternalBroker:
         self.hub = hub
         self.host = parts.hostname
         self.port = parts.port or (8883 if parts.scheme == "mqtts" else 1883)
+        # A persistent session under a stable id: the broker queues what devices send while the server is down.
         self.client = mqtt.Client(
-            mqtt.CallbackAPIVersion.VERSION2, client_id=f"ctower-server-{uuid.uuid4().hex[:8]}", clean_session=True
+            mqtt.CallbackAPIVersion.VERSION2, client_id=server_client_id(hub.ctx.settings.data_dir),
+            clean_session=False,
         )
         if parts.username:
             self.client.username_pw_set(unquote(parts.username), unquote(parts.password or ""))
