@@ -95,6 +95,31 @@ def test_facts_summary_looks_into_plugin_sections():
     assert hosts.facts_summary({"color": "blue"}) == {"color": "blue"}
 
 
+@pytest.mark.parametrize(
+    ("change", "field"),
+    [
+        (lambda b: b["samples"][1].update(labels=[["core", "0"]]), "samples.1.labels"),
+        (lambda b: b["samples"][2].pop("value"), "samples.2.value"),
+        (lambda b: b["samples"][0].update(unit="%"), "samples.0.unit"),
+        (lambda b: b["samples"].__setitem__(3, "cpu=5"), "samples.3"),
+        (lambda b: b.update(ts=-5), "ts"),
+        (lambda b: b.update(ts="now"), "ts"),
+        (lambda b: b.update(samples={"cpu": 5}), "samples"),
+        (lambda b: b.update(extra=1), "extra"),
+        (lambda b: b["samples"][0].update(name=7), "samples.0.name"),
+        (lambda b: b["samples"][0].update(labels={"core": 1}), "samples.0.labels.core"),
+    ],
+)
+def test_a_malformed_push_is_a_422_naming_the_field(server, change, field: str) -> None:
+    agent = enrol_agent(server.client(), f"bad-{field.replace('.', '-')}")
+    body = _samples(time.time())
+    change(body)
+    with pytest.raises(ApiError) as info:
+        agent.post("monitor/hosts/metrics", body)
+    assert info.value.status == 422
+    assert field in str(info.value.detail), info.value.detail
+
+
 def test_metrics_api_hosts_list_detail_and_delete(server):
     admin = server.client()
     agent = enrol_agent(admin, "web1", facts={"os_release": "Debian 12", "cpu_cores": 4, "extra": "x"})

@@ -12,12 +12,13 @@ import time
 from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import Depends, HTTPException, Request, status
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy import ForeignKey, String, select
 from sqlalchemy.orm import Mapped, Session, mapped_column
+from starlette.concurrency import run_in_threadpool
 
 from controltower.core.db import Base, UtcDateTime, utcnow
 
@@ -168,10 +169,11 @@ def ensure_admin(session: Session, token_path: Path) -> str | None:
 _bearer = HTTPBearer(auto_error=False)
 
 
-def current_principal(
+async def current_principal(
     request: Request,
     credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
 ) -> Principal:
+    """The caller, from the cache when its token was seen lately (no thread hand-off), else from the database."""
     token = credentials.credentials if credentials else request.query_params.get("access_token")
     if not token:
         raise HTTPException(
@@ -180,18 +182,21 @@ def current_principal(
             headers={"WWW-Authenticate": "Bearer"},
         )
     ctx = request.app.state.ctx
-    principal = ctx.principals.get(token)
-    if principal is None:
-        with ctx.db.read_session() as session:
-            principal = authenticate(session, token)
-        if principal is not None:
-            ctx.principals.put(token, principal)
+    principal = ctx.principals.get(token) or await run_in_threadpool(_authenticate_and_cache, ctx, token)
     if principal is None:
         raise HTTPException(
             status.HTTP_401_UNAUTHORIZED,
             detail="invalid, expired or revoked token",
             headers={"WWW-Authenticate": "Bearer"},
         )
+    return principal
+
+
+def _authenticate_and_cache(ctx: Any, token: str) -> Principal | None:
+    with ctx.db.read_session() as session:
+        principal = authenticate(session, token)
+    if principal is not None:
+        ctx.principals.put(token, principal)
     return principal
 
 
@@ -239,7 +244,7 @@ class PrincipalCache:
 def require(*roles: Role) -> Depends:
     """Dependency: the caller must hold one of `roles` (admin implies operator implies viewer)."""
 
-    def check(principal: Annotated[Principal, Depends(current_principal)]) -> Principal:
+    async def check(principal: Annotated[Principal, Depends(current_principal)]) -> Principal:
         if not any(principal.has(r) for r in roles):
             wanted = " or ".join(r.value for r in roles)
             raise HTTPException(

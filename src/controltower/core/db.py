@@ -125,12 +125,13 @@ class Database:
 
     def __init__(self, url: str, echo: bool = False) -> None:
         self.url = url
-        kwargs: dict[str, Any] = {"echo": echo, "pool_pre_ping": True}
-        if url.startswith("sqlite"):
+        kwargs: dict[str, Any] = {"echo": echo}
+        if url.startswith("sqlite"):  # a local file: no connection can go stale, so no ping per checkout
             kwargs["connect_args"] = {"check_same_thread": False, "timeout": 30}
             kwargs["pool_size"] = 8
             kwargs["max_overflow"] = 16
         else:
+            kwargs["pool_pre_ping"] = True
             kwargs["pool_size"] = 10
             kwargs["max_overflow"] = 20
         self.engine = create_engine(url, **kwargs)

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import json
 import math
 import re
 from collections.abc import Iterable
 from typing import Any, NamedTuple
 
+import orjson
 from sqlalchemy import Connection, event, select, text
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
@@ -208,7 +208,8 @@ class SeriesWriter:
         # because the sort is stable.
         rows.sort(key=_row_key)
         newest.sort(key=_newest_key)
-        return json.dumps(rows), json.dumps(newest), len(rows)
+        # orjson: the stdlib encoder's float repr was the largest single cost of the whole request.
+        return orjson.dumps(rows).decode(), orjson.dumps(newest).decode(), len(rows)
 
     @staticmethod
     def _store_sqlite(conn: Connection, rows_json: str, newest_json: str, count: int) -> int:

@@ -27,6 +27,7 @@ from controltower.monitor.schemas import (
     MetricsAccepted,
     MetricsPush,
     StateChangePublic,
+    parse_metrics_push,
 )
 
 hosts_router = APIRouter(prefix="/monitor/hosts", tags=["monitor"])
@@ -41,10 +42,10 @@ def _not_found(exc: LookupError) -> HTTPException:
 
 
 async def read_push(request: Request) -> MetricsPush:
-    """The body parsed straight from bytes (pydantic-core JSON), skipping FastAPI's generic body path."""
+    """The body parsed straight from bytes, skipping FastAPI's generic body path."""
     body = await request.body()
     try:
-        return METRICS_PUSH.validate_json(body)
+        return parse_metrics_push(body)
     except ValidationError as exc:
         raise RequestValidationError(
             [{"loc": ("body", *err["loc"]), "msg": err["msg"], "type": err["type"]} for err in exc.errors()]
