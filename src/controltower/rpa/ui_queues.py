@@ -89,13 +89,14 @@ def _queue_page(ctx: Context) -> None:
             with ui.row().classes("items-center gap-3"):
                 ui.label(name).classes("text-2xl font-bold")
                 ui.link(f"feeds {queue.robot}", f"/robots/{queue.robot}")
-            ui.label(f"task {queue.task or '(first)'} · runs on {_target(queue)} · {queue.max_attempts} attempts, "
-                     f"backoff {queue.retry_backoff_s:g} s (doubling)"
+            ui.label(f"task {queue.task or '(first)'} · runs on {_target(queue)} · at most {queue.max_attempts} "
+                     f"attempt(s) per item, backoff {queue.retry_backoff_s:g} s (doubling)"
                      + (f" · at most {queue.concurrency} at once" if queue.concurrency else "")).classes("text-sm")
             counts = ui.row().classes("gap-2")
             status_in = ui.select({ALL: "every status", **{s: s for s in ITEM_STATUSES}},
                                   value=status if status in ITEM_STATUSES else ALL, label="Status").classes("w-44")
-            columns = [*ITEM_COLUMNS, *([{"name": "actions", "label": "", "field": "id"}] if can_act else [])]
+            actions = [{"name": "actions", "label": "", "field": "id"}] if can_act else []
+            columns = [*ITEM_COLUMNS[:2], *actions, *ITEM_COLUMNS[2:]]  # Retry stays in sight on narrow screens
             table = ui.table(columns=columns, rows=[], row_key="id", pagination=50).classes("w-full").props(
                 "data-testid=items")
             status_slot(table)
