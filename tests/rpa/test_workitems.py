@@ -72,7 +72,7 @@ def _ts(value: str) -> dt.datetime:
 def test_good_items_are_done_with_output_and_bad_ones_retried_then_dead(srv: RunningServer, tmp_path: Path) -> None:
     with srv.client() as client:
         queue = client.post("rpa/queues", {"name": "invoices", "robot": "invoice-bot", "task": TASK,
-                                           "labels": ["local"], "max_attempts": 2, "retry_backoff_s": 0})
+                                           "labels": ["local"], "max_attempts": 2, "retry_backoff_s": 1})
         assert queue["counts"] == {"pending": 0, "in_progress": 0, "done": 0, "failed": 0, "dead": 0}
         ref = client.request("POST", "rpa/files", content=b"INV-4", headers={"Content-Type": "text/plain"})
         pushed = client.post("rpa/queues/invoices/items", {"items": [
@@ -91,6 +91,8 @@ def test_good_items_are_done_with_output_and_bad_ones_retried_then_dead(srv: Run
         assert dead["status"] == "dead" and dead["attempts"] == 2 and len(dead["run_ids"]) == 2
         assert dead["last_error"].startswith(f"run {dead['run_ids'][-1]} failed: ")
         assert "invoice 2 is malformed" in dead["last_error"]
+        first, second = (client.get(f"rpa/runs/{run_id}") for run_id in dead["run_ids"])
+        assert _ts(second["created_at"]) - _ts(first["finished_at"]) >= dt.timedelta(seconds=1)  # the backoff
         done = by_id[3]
         run = client.get(f"rpa/runs/{done['run_id']}")
         assert run["input"] == {"id": 3, "amount": 30} and run["output"] == done["output"]

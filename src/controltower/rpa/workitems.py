@@ -13,7 +13,7 @@ import logging
 from enum import StrEnum
 from typing import Any, Literal
 
-from sqlalchemy import func, select, update
+from sqlalchemy import and_, func, or_, select, update
 from sqlalchemy.orm import Session
 
 from controltower.core import lifecycle
@@ -387,10 +387,22 @@ def on_run_finished(ctx: Context, event: Event) -> None:
         dispatch(ctx, session, queue)
 
 
+def _queues_with_work(session: Session, now: dt.datetime) -> list[int]:
+    """Queues with an item to dispatch or settle: read first, so idle queues take no write lock."""
+    due = or_(
+        QueueItem.status == ItemState.pending.value,
+        and_(QueueItem.status == ItemState.failed.value, QueueItem.not_before <= now),
+        and_(QueueItem.status == ItemState.in_progress.value, RobotRun.status.in_(sorted(FINISHED))),
+    )
+    query = (select(QueueItem.queue_id).distinct().outerjoin(RobotRun, RobotRun.id == QueueItem.run_id)
+             .where(due).order_by(QueueItem.queue_id))
+    return list(session.scalars(query))
+
+
 def dispatch_all(ctx: Context) -> None:
     """The periodic pass: for every queue, settle what was missed and dispatch what is due."""
     with ctx.db.read_session() as session:
-        queue_ids = list(session.scalars(select(RpaQueue.id).order_by(RpaQueue.id)))
+        queue_ids = _queues_with_work(session, utcnow())
     for queue_id in queue_ids:
         try:
             with ctx.db.session() as session:
