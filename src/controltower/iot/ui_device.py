@@ -21,6 +21,7 @@ from controltower.web.layout import frame
 REFRESH_S = 5.0
 CHART_REFRESH_S = 10.0
 SYMBOLS_UP_TO = 60
+VALUE_STYLE = "white-space: pre-wrap; word-break: break-all"
 
 
 class _Charts:
@@ -106,7 +107,7 @@ def _attributes(ctx: Context, device_id: str) -> ui.table:
         title = ui.label().classes("font-bold")
         history = ui.table(columns=[{"name": "ts", "label": "When", "field": "ts", "align": "left"},
                                     {"name": "value", "label": "Value", "field": "value", "align": "left",
-                                     "classes": "font-mono text-xs", "style": "white-space: pre-wrap"}],
+                                     "classes": "font-mono text-xs", "style": VALUE_STYLE}],
                            rows=[], row_key="ts", pagination=20).classes("w-full").props("dense flat")
         ui.button("Close", on_click=dialog.close).props("flat")
 
@@ -118,7 +119,7 @@ def _attributes(ctx: Context, device_id: str) -> ui.table:
 
     table = ui.table(columns=[{"name": "key", "label": "Attribute", "field": "key", "align": "left"},
                               {"name": "value", "label": "Value", "field": "value", "align": "left",
-                               "classes": "font-mono text-xs", "style": "white-space: pre-wrap"},
+                               "classes": "font-mono text-xs", "style": VALUE_STYLE},
                               {"name": "ts", "label": "Since", "field": "ts", "align": "left"}],
                      rows=[], row_key="key").classes("w-full").props("dense flat data-testid=attributes")
     table.add_slot("body-cell-key", '<q-td :props="props">{{ props.value }}<q-btn flat dense round size="sm" '
