@@ -7,7 +7,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
-from pydantic import Field
+from pydantic import Field, SecretStr
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -64,6 +64,10 @@ class Settings(BaseSettings):
         None, description="Where agents keep robot environments; default ~/.cache/controltower/rpa-envs"
     )
     rpa_env_cache_max: int = Field(10, ge=1, description="Robot environments kept per agent (least recently used go)")
+    vault_key: SecretStr | None = Field(
+        None, description="Fernet key(s) for the robot vault, comma-separated, newest first; "
+        "default: <data-dir>/vault.key, made on first use"
+    )
     rpa_data_max_bytes: int = Field(
         1024 * 1024, gt=0, description="Largest JSON input, output.json or work-item payload of a run, bytes"
     )

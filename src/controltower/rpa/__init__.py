@@ -15,6 +15,11 @@ def setup(ctx: Context) -> None:
     from controltower.rpa import actions, api, runs, ui
 
     ctx.include_router(api.router)
+    from controltower.rpa import schedules, schedules_api, vault_api
+
+    ctx.include_router(vault_api.router)
+    ctx.include_router(schedules_api.router)
+    schedules.register(ctx)
     from controltower.rpa import inputs_api, workitems, workitems_api
 
     ctx.include_router(inputs_api.router)

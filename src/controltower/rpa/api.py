@@ -13,7 +13,7 @@ from controltower.core.auth import AgentPrincipal, Operator, Principal, Viewer
 from controltower.core.blobs import BlobTooLargeError
 from controltower.core.deps import CtxDep, SessionDep
 from controltower.core.work import WorkError
-from controltower.rpa import robots, runs
+from controltower.rpa import robots, runs, vault
 from controltower.rpa.archive import UnsafePackage
 from controltower.rpa.models import Robot
 from controltower.rpa.schemas import (
@@ -314,9 +314,12 @@ def run_started(run_id: int, session: SessionDep, principal: AgentPrincipal) -> 
 
 
 @router.post("/runs/{run_id}/log")
-def run_log(run_id: int, body: LogBatch, session: SessionDep, principal: AgentPrincipal) -> dict[str, int]:
+def run_log(run_id: int, body: LogBatch, ctx: CtxDep, session: SessionDep,
+            principal: AgentPrincipal) -> dict[str, int]:
+    """Append log lines; the run's secret values are masked again here (the agent masks them first)."""
     run = _agent_run(session, run_id, principal)
-    count = runs.append_log(session, run, body.lines)
+    masker = vault.run_masker(session, ctx.settings, run)
+    count = runs.append_log(session, run, [masker.mask(line) for line in body.lines])
     session.commit()
     return {"log_lines": count}
 
@@ -329,8 +332,9 @@ async def run_file(run_id: int, name: str, request: Request, ctx: CtxDep, sessio
 
     def store() -> dict[str, object]:
         run = _agent_run(session, run_id, principal)
+        masked = vault.run_masker(session, ctx.settings, run).mask_text_bytes(data)
         try:
-            entry = runs.store_file(session, ctx.blobs, run, name, data)
+            entry = runs.store_file(session, ctx.blobs, run, name, masked)
         except runs.RunRefused as exc:
             raise HTTPException(UNPROCESSABLE, detail=str(exc)) from exc
         session.commit()
@@ -344,6 +348,7 @@ def run_finish(run_id: int, body: RunFinish, ctx: CtxDep, session: SessionDep,
                principal: AgentPrincipal) -> RunPublic:
     """The outcome: completes the work item and publishes `rpa.run.finished`."""
     run = _agent_run(session, run_id, principal)
+    body.message = vault.run_masker(session, ctx.settings, run).mask_optional(body.message)
     try:
         runs.finish(ctx, session, run, int(principal.subject_id), body)
     except runs.RunConflict as exc:

@@ -25,6 +25,11 @@ def register(app: typer.Typer) -> None:
     from controltower.rpa.workitems_cli import queue_app
 
     app.add_typer(queue_app, name="queue")
+    from controltower.rpa.schedules_cli import schedule_app
+    from controltower.rpa.vault_cli import vault_app
+
+    robot_app.add_typer(schedule_app, name="schedule")
+    app.add_typer(vault_app, name="vault")
 
 
 def _fail(message: str, code: int = 1) -> typer.Exit:

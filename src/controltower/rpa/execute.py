@@ -16,7 +16,9 @@ from pathlib import Path
 from typing import Any
 
 from controltower.rpa.envs import EnvBuildError, EnvCache
+from controltower.rpa.masking import Masker
 from controltower.rpa.package import RobotSpec
+from controltower.rpa.run_secrets import mask_artifacts, mask_rf_outputs, robot_options, secret_env, write_variable_file
 
 RF_FILES = ("output.xml", "log.html", "report.html")
 INPUT_JSON = "input.json"
@@ -172,14 +174,22 @@ def run_task(
     timeout_s: float | None = None,
     on_line: Callable[[str], None] | None = None,
     cancel: threading.Event | None = None,
+    secrets: dict[str, str] | None = None,
 ) -> RunOutcome:
     """Copy the package to `workdir`, get its environment, run the task in a subprocess, collect the outputs.
 
     Never raises for what the robot does: a failing, crashing or overlong task is an outcome with a status.
+    `secrets` reach the task only through its environment, and their values are masked in all its outputs.
     """
     task_name, task_spec = spec.task(task)
     variables = {str(k): str(v) for k, v in (variables or {}).items()}
-    emit = on_line or (lambda _line: None)
+    secrets = secrets or {}
+    masker = Masker(secrets.values())
+    raw_emit = on_line or (lambda _line: None)
+
+    def emit(line: str) -> None:
+        raw_emit(masker.mask(line))
+
     timeout_s = timeout_s or spec.timeout_for(task_name)
     prepare_workdir(package_dir, workdir)
     out_dir = workdir / (spec.artifacts or "output")
@@ -204,11 +214,15 @@ def run_task(
                 if input_file is not None:
                     cmd += ["--variable", f"INPUT_FILE:{input_file}"]
                 cmd += [arg for key, value in data_vars.items() for arg in ("--variable", f"{key}:{value}")]
+                if secrets:
+                    cmd += robot_options(write_variable_file(workdir, list(secrets)))
                 cmd.append(task_spec.robot)
             else:
                 cmd = [env.python, "-c", _PYTHON_TASK_SCRIPT, str(task_spec.python)]
-            _execute(cmd, workdir, _child_env(variables, input_file, workdir, data_vars), timeout_s, emit, cancel,
-                     outcome)
+            child_env = {**_child_env(variables, input_file, workdir, data_vars), **secret_env(secrets)}
+            _execute(cmd, workdir, child_env, timeout_s, emit, cancel, outcome)
+            if secrets and task_spec.robot is not None and (problem := mask_rf_outputs(env.python, out_dir, masker)):
+                emit(problem)
             if task_spec.robot is not None and (out_dir / "output.xml").is_file():
                 outcome.stats = _stats(env.python, out_dir / "output.xml")
     except EnvBuildError as exc:
@@ -216,6 +230,9 @@ def run_task(
         emit(outcome.message)
     _collect(outcome, out_dir)
     _read_output(outcome, workdir / OUTPUT_JSON, output_max_bytes, emit)
+    if masker:
+        mask_artifacts(masker, outcome.artifacts)
+        outcome.message = masker.mask_optional(outcome.message)
     return outcome
 
 

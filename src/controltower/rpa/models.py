@@ -86,6 +86,8 @@ class RobotRun(Base):
     created_at: Mapped[dt.datetime] = mapped_column(UtcDateTime, default=utcnow)
     started_at: Mapped[dt.datetime | None] = mapped_column(UtcDateTime)
     finished_at: Mapped[dt.datetime | None] = mapped_column(UtcDateTime)
+    secrets: Mapped[list[str]] = mapped_column(JSON, default=list)
+    schedule_id: Mapped[int | None] = mapped_column(index=True)
 
 
 class RunLogLine(Base):
@@ -140,4 +142,48 @@ class QueueItem(Base):
     enqueued_at: Mapped[dt.datetime] = mapped_column(UtcDateTime, default=utcnow)
     dispatched_at: Mapped[dt.datetime | None] = mapped_column(UtcDateTime)
     finished_at: Mapped[dt.datetime | None] = mapped_column(UtcDateTime)
+    updated_at: Mapped[dt.datetime] = mapped_column(UtcDateTime, default=utcnow)
+
+
+class VaultSecret(Base):
+    """A named secret for robots, stored Fernet-encrypted; its value is never returned by the API."""
+
+    __tablename__ = "rpa_vault_secrets"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    name: Mapped[str] = mapped_column(String(64), unique=True)
+    description: Mapped[str] = mapped_column(Text, default="")
+    ciphertext: Mapped[str] = mapped_column(Text)
+    created_at: Mapped[dt.datetime] = mapped_column(UtcDateTime, default=utcnow)
+    updated_at: Mapped[dt.datetime] = mapped_column(UtcDateTime, default=utcnow)
+    updated_by: Mapped[str] = mapped_column(String(128))
+
+
+class RobotSchedule(Base):
+    """A cron schedule that starts a run; `next_fire_at` is stored so a restart neither repeats nor skips a fire."""
+
+    __tablename__ = "rpa_schedules"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    robot: Mapped[str] = mapped_column(String(64), index=True)
+    task: Mapped[str | None] = mapped_column(String(255))
+    version: Mapped[str | None] = mapped_column(String(16))
+    cron: Mapped[str] = mapped_column(String(128))
+    timezone: Mapped[str] = mapped_column(String(64))
+    labels: Mapped[list[str]] = mapped_column(JSON, default=list)
+    agent_id: Mapped[int | None] = mapped_column()
+    variables: Mapped[dict[str, str]] = mapped_column(JSON, default=dict)
+    input: Mapped[Any | None] = mapped_column(JSON)
+    secrets: Mapped[list[str]] = mapped_column(JSON, default=list)
+    timeout_s: Mapped[float | None] = mapped_column()
+    retries: Mapped[int] = mapped_column(default=0)
+    description: Mapped[str] = mapped_column(Text, default="")
+    paused: Mapped[bool] = mapped_column(default=False)
+    next_fire_at: Mapped[dt.datetime | None] = mapped_column(UtcDateTime, index=True)
+    last_fire_at: Mapped[dt.datetime | None] = mapped_column(UtcDateTime)
+    last_run_id: Mapped[int | None] = mapped_column()
+    last_error: Mapped[str | None] = mapped_column(Text)
+    fires: Mapped[int] = mapped_column(default=0)
+    created_by: Mapped[str] = mapped_column(String(128))
+    created_at: Mapped[dt.datetime] = mapped_column(UtcDateTime, default=utcnow)
     updated_at: Mapped[dt.datetime] = mapped_column(UtcDateTime, default=utcnow)

@@ -14,6 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 ROBOT_FILE = "robot.yaml"
 NAME_RE = re.compile(r"^[a-z0-9][a-z0-9._-]{0,62}$")
 MODULE_FUNC_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*:[A-Za-z_][A-Za-z0-9_]*$")
+SECRET_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,63}$")
 DURATION_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h)?\s*$")
 _UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, None: 1.0}
 DEFAULT_TIMEOUT_S = 3600.0
@@ -138,6 +139,15 @@ class RobotSpec(BaseModel):
     environment: EnvironmentSpec = Field(default_factory=EnvironmentSpec)
     artifacts: str | None = Field("output", description="Folder (relative) uploaded after every run")
     timeout: float = Field(DEFAULT_TIMEOUT_S, description="Kill a task after this long, e.g. 10m")
+    secrets: list[str] = Field(default_factory=list, description="Vault secrets every run of this robot receives")
+
+    @field_validator("secrets")
+    @classmethod
+    def _secrets(cls, value: list[str]) -> list[str]:
+        for name in value:
+            if not SECRET_NAME_RE.match(name):
+                raise ValueError(f"{name!r} is not a secret name (letters, digits, _; at most 64)")
+        return sorted(set(value))
 
     @field_validator("name")
     @classmethod

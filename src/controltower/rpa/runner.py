@@ -25,6 +25,7 @@ from controltower.config import Settings
 from controltower.rpa.archive import extract
 from controltower.rpa.envs import EnvCache, default_cache_dir, find_uv
 from controltower.rpa.execute import RunOutcome, run_task
+from controltower.rpa.masking import Masker
 from controltower.rpa.package import load_robot
 
 log = logging.getLogger("controltower.rpa.runner")
@@ -60,8 +61,10 @@ class _LogBuffer:
     def __init__(self) -> None:
         self._lines: list[str] = []
         self._lock = threading.Lock()
+        self.masker = Masker(())  # the run's secret values, once fetched
 
     def add(self, line: str) -> None:
+        line = self.masker.mask(line)
         with self._lock:
             self._lines.append(line)
 
@@ -129,6 +132,9 @@ class RpaRunner:
             # Variables and input come with the start answer, to the agent holding the run only.
             started = (await _check(ctx.http.post(f"{base}/start"), "start")).json()
             payload = {**payload, "variables": started.get("variables") or {}, "input": started.get("input")}
+            if started.get("secrets"):  # values only from this endpoint, only while this agent runs the run
+                payload["secrets"] = (await _check(ctx.http.get(f"{base}/secrets"), "secrets")).json()
+                logs.masker = Masker(payload["secrets"].values())
             response = await _check(ctx.http.get(f"{base}/package", timeout=UPLOAD_TIMEOUT_S), "download")
             data = response.content
             if hashlib.sha256(data).hexdigest() != payload["sha256"]:
@@ -143,7 +149,8 @@ class RpaRunner:
             body = {k: v for k, v in outcome.summary().items() if k in _FINISH_FIELDS}
         except Exception as exc:  # the robot's failures are outcomes; this is the agent's own trouble
             log.exception("run %s failed on the agent", run_id)
-            body = {"status": "error", "message": f"agent {ctx.agent_name}: {exc}", "duration_s": 0.0}
+            body = {"status": "error", "message": logs.masker.mask(f"agent {ctx.agent_name}: {exc}"),
+                    "duration_s": 0.0}
             logs.add(body["message"])
         try:
             await self._flush(ctx, base, logs)
@@ -166,7 +173,7 @@ class RpaRunner:
             run_task, spec, package_dir, run_dir, envs, task=payload["task"],
             variables=payload.get("variables") or {}, input_data=payload.get("input"),
             input_files=payload.get("input_files"), output_max_bytes=ctx.settings.rpa_data_max_bytes,
-            timeout_s=payload.get("timeout_s"), on_line=logs.add, cancel=cancel,
+            timeout_s=payload.get("timeout_s"), on_line=logs.add, cancel=cancel, secrets=payload.get("secrets"),
         ))
         renew_every = min(RENEW_EVERY_S, float(payload.get("lease_s") or RENEW_EVERY_S * 3) / 3)
         last_renew = time.monotonic()

@@ -20,6 +20,7 @@ from controltower.rpa.models import Robot, RobotRun, RunLogLine
 from controltower.rpa.package import RobotSpec
 from controltower.rpa.robots import get_robot, get_version
 from controltower.rpa.schemas import FINISHED, LogLinePublic, RunCreate, RunFinish, RunPublic
+from controltower.rpa.vault import require as require_secrets
 
 WORK_KIND = "rpa.run"
 MAX_LINE = 10_000
@@ -69,6 +70,7 @@ def start_run(ctx: Context, session: Session, body: RunCreate, actor: str) -> Ro
     for key in body.variables:
         if not re.match(r"^[A-Za-z_][A-Za-z0-9_]*$", key):
             raise RunRefused(f"variables: {key!r} is not a variable name (letters, digits, _)")
+    secrets = require_secrets(session, [*spec.secrets, *body.secrets])
     check_json_size(body.input, "input", ctx.settings.rpa_data_max_bytes)
     input_files = resolve_files(ctx.blobs, body.files)
     run = RobotRun(
@@ -81,6 +83,7 @@ def start_run(ctx: Context, session: Session, body: RunCreate, actor: str) -> Ro
         variables=dict(body.variables),
         input=body.input,
         input_files=input_files,
+        secrets=secrets,
         timeout_s=body.timeout_s or spec.timeout_for(task),
         created_by=actor,
         files={},

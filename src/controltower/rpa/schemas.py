@@ -93,6 +93,8 @@ class RunCreate(BaseModel):
     timeout_s: float | None = Field(None, gt=0, le=7 * 24 * 3600, description="Default: robot.yaml's timeout")
     retries: int = Field(0, ge=0, le=10, description="Retries after the agent is lost mid-run")
     lease_s: float = Field(60.0, ge=3, le=3600, description="Silence after which the agent counts as lost")
+    secrets: list[str] = Field(default_factory=list, max_length=100,
+                               description="Vault secrets for this run, besides those robot.yaml declares")
 
 
 class RunPublic(BaseModel):
@@ -124,6 +126,8 @@ class RunPublic(BaseModel):
     created_at: dt.datetime
     started_at: dt.datetime | None
     finished_at: dt.datetime | None
+    secrets: list[str] = Field(default_factory=list, description="Names of the vault secrets the run receives")
+    schedule_id: int | None = Field(None, description="The schedule that started the run")
 
 
 class LogLinePublic(BaseModel):
