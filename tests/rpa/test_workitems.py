@@ -217,6 +217,9 @@ def test_bad_input_is_refused_naming_the_field(srv: RunningServer) -> None:
         with pytest.raises(ApiError) as err:
             client.post("rpa/queues/limits/items", {"payload": 1, "files": [{"name": "a", "sha256": "0" * 64}]})
         assert err.value.status == 422 and err.value.detail.startswith("files[0].sha256: no uploaded file")
+        with pytest.raises(ApiError) as err:
+            client.post("rpa/queues/limits/items", {"files": []})
+        assert err.value.status == 422 and "payload is required (or items, a list of items)" in err.value.detail
         assert client.get("rpa/queues/limits")["counts"]["pending"] == 0  # nothing half-written
 
         item = client.post("rpa/queues/limits/items", {"payload": {"id": 6}})[0]

@@ -14,9 +14,8 @@ from controltower.core.deps import CtxDep, SessionDep
 from controltower.rpa import workitems
 from controltower.rpa.models import QueueItem, RpaQueue
 from controltower.rpa.workitems_schemas import (
-    ItemBatch,
-    ItemCreate,
     ItemPage,
+    ItemPush,
     ItemRetry,
     ItemStatus,
     QueueCreate,
@@ -85,14 +84,14 @@ def delete_queue(name: str, session: SessionDep, _: Operator) -> None:
 
 
 @router.post("/{name}/items", status_code=status.HTTP_201_CREATED)
-def push(name: str, body: ItemCreate | ItemBatch, ctx: CtxDep, session: SessionDep,
+def push(name: str, body: ItemPush, ctx: CtxDep, session: SessionDep,
          _: Operator) -> list[QueueItemPublic]:
     """Add one item (`{"payload": …, "files": […]}`) or several (`{"items": [...]}`), all or none.
 
     Items are dispatched at once as far as the queue's concurrency allows.
     """
     queue = _queue(session, name)
-    items, field = (body.items, "items") if isinstance(body, ItemBatch) else ([body], None)
+    items, field = body.as_items()
     try:
         rows = workitems.push(ctx, session, queue, items, field)
     except ValueError as exc:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import datetime as dt
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from controltower.rpa.schemas import InputFileRef
 
@@ -59,10 +59,29 @@ class ItemCreate(BaseModel):
                                       description="Uploaded files (POST /rpa/files), put in the run's input/ dir")
 
 
-class ItemBatch(BaseModel):
+class ItemPush(BaseModel):
+    """One item (`payload`, `files`) or several (`items`)."""
+
     model_config = ConfigDict(extra="forbid")
 
-    items: list[ItemCreate] = Field(min_length=1, max_length=10_000)
+    payload: Any = Field(None, description="JSON handed to the run as its input (input.json)")
+    files: list[InputFileRef] = Field(default_factory=list, max_length=100,
+                                      description="Uploaded files (POST /rpa/files), put in the run's input/ dir")
+    items: list[ItemCreate] | None = Field(None, min_length=1, max_length=10_000, description="Several items")
+
+    @model_validator(mode="after")
+    def _one_or_many(self) -> ItemPush:
+        if self.items is not None and {"payload", "files"} & self.model_fields_set:
+            raise ValueError("give either items or payload (and files), not both")
+        if self.items is None and "payload" not in self.model_fields_set:
+            raise ValueError("payload is required (or items, a list of items)")
+        return self
+
+    def as_items(self) -> tuple[list[ItemCreate], str | None]:
+        """The items, and the field that names them in error messages (None for a single item)."""
+        if self.items is not None:
+            return self.items, "items"
+        return [ItemCreate(payload=self.payload, files=self.files)], None
 
 
 class ItemRetry(BaseModel):
