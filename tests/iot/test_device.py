@@ -156,6 +156,14 @@ def test_a_capture_answer_carries_a_chunked_file_linked_to_the_command(srv: Runn
             files = wait_for(lambda: len(f := admin.get(f"devices/{dev['id']}/files")) == 2 and f, message="file")
         assert (files[0]["filename"], files[0]["command_id"], files[0]["size"]) == ("note.txt", None, 11)
 
+        log_file = tmp_path / "boot.log"
+        log_file.write_bytes(b"line of the boot log\n" * 10_000)  # 210 kB, read chunk by chunk
+        device.send_file(log_file)
+        with srv.client() as admin:
+            files = wait_for(lambda: len(f := admin.get(f"devices/{dev['id']}/files")) == 3 and f, message="log")
+        assert (files[0]["filename"], files[0]["content_type"], files[0]["sha256"]) == (
+            "boot.log", "application/octet-stream", hashlib.sha256(log_file.read_bytes()).hexdigest())
+
 
 def test_sent_while_the_server_is_down_arrives_in_order_after_restart(tmp_path: Path) -> None:
     srv = start_server(tmp_path / "data")

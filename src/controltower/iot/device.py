@@ -37,7 +37,7 @@ import threading
 import time
 import uuid
 from collections import Counter, OrderedDict
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -98,6 +98,30 @@ def file_messages(
     messages = [(topics.topic(device_id, topics.FILES, upload_id), json.dumps(header).encode())]
     messages += [(topics.topic(device_id, topics.FILES, upload_id, str(n)), chunk) for n, chunk in enumerate(chunks)]
     return messages
+
+
+def path_messages(
+    device_id: str, path: Path, content_type: str, name: str | None, command_id: int | None = None,
+    chunk_bytes: int = CHUNK_BYTES,
+) -> tuple[str, Iterator[Message]]:
+    """(upload id, messages) of the file at `path`, read in chunks: a big file is never held in memory."""
+    digest, size = hashlib.sha256(), 0
+    with path.open("rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+            size += len(block)
+    upload_id = uuid.uuid4().hex[:16]
+    chunks = -(-size // chunk_bytes)
+    header = {"name": name, "content_type": content_type, "size": size, "sha256": digest.hexdigest(),
+              "chunks": chunks, "command_id": command_id}
+
+    def messages() -> Iterator[Message]:
+        yield topics.topic(device_id, topics.FILES, upload_id), json.dumps(header).encode()
+        with path.open("rb") as fh:
+            for n in range(chunks):
+                yield topics.topic(device_id, topics.FILES, upload_id, str(n)), fh.read(chunk_bytes)
+
+    return upload_id, messages()
 
 
 def _split(returned: Any) -> tuple[Any, list[File]]:
@@ -296,15 +320,20 @@ class Device:
         self, data: bytes | str | Path, content_type: str | None = None, command_id: int | None = None,
         name: str | None = None,
     ) -> str:
-        """Send bytes, or the file at a path, in chunks; returns the upload id."""
+        """Send bytes, or the file at a path (read chunk by chunk), in chunks; returns the upload id.
+
+        `content_type` defaults to a guess from the path's name; `name` to the path's name."""
         if isinstance(data, bytes):
             file = File(data, content_type or "application/octet-stream", name)
-        else:
-            file = File.from_path(data, content_type)
-            file = File(file.data, file.content_type, name or file.name)
-        messages = file_messages(self.device_id, file, command_id, self.chunk_bytes)
-        self._send(messages)
-        return messages[0][0].rsplit("/", 1)[1]
+            messages = file_messages(self.device_id, file, command_id, self.chunk_bytes)
+            self._send(messages)
+            return messages[0][0].rsplit("/", 1)[1]
+        path = Path(data)
+        guessed = content_type or mimetypes.guess_type(path.name)[0] or "application/octet-stream"
+        upload_id, stream = path_messages(self.device_id, path, guessed, name or path.name, command_id,
+                                          self.chunk_bytes)
+        self._send(stream)
+        return upload_id
 
     def buffered(self) -> int:
         """Messages not yet acknowledged by the broker."""
@@ -344,7 +373,7 @@ class Device:
     def _topic(self, channel: str, *rest: str) -> str:
         return topics.topic(self.device_id, channel, *rest)
 
-    def _send(self, messages: list[Message]) -> None:
+    def _send(self, messages: Iterable[Message]) -> None:
         self.outbox.put(messages)
         self._wake.set()
 
