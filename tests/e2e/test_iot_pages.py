@@ -159,7 +159,7 @@ def test_device_page_shows_charts_and_attributes_with_history(browser, iot_serve
 
 def test_gallery_shows_an_uploaded_image_and_links_other_files(browser, iot_server, password, request):
     dev = _device(iot_server, "dock-camera", ["aisle-3"], "camera")
-    image = _upload(iot_server, dev, _png(64, 48), "image/png", "dock.png")
+    image = _upload(iot_server, dev, _png(64, 48), "image/png", 'dock "A" onerror=x.png')
     log = _upload(iot_server, dev, b"<script>alert(1)</script>", "text/html", "log.html")
     with open_tab(browser, request.node.name) as tab:
         page = tab.page
@@ -168,6 +168,8 @@ def test_gallery_shows_an_uploaded_image_and_links_other_files(browser, iot_serv
         img.wait_for()
         wait_for(lambda: img.evaluate("i => i.complete && i.naturalWidth") == 64, message="the thumbnail to load")
         assert "image/png" in page.locator(f"[data-file='{image['id']}']").inner_text()
+        assert img.get_attribute("alt") == 'dock "A" onerror=x.png'  # the device's name stays a plain value
+        assert img.get_attribute("onerror") is None
         link = page.locator(f"[data-file='{log['id']}']").get_by_role("link", name="log.html")
         assert link.get_attribute("href") == f"/devices/files/{log['id']}"
         served = page.request.get(iot_server.url + f"/devices/files/{log['id']}")  # with the session's cookie

@@ -138,8 +138,8 @@ def _gallery(container: ui.element, files: list[dict[str, Any]]) -> None:
             with ui.card().classes("w-52 p-2 gap-1").props(f"data-file={f['id']}"):
                 if f["image"]:
                     with ui.link(target=f["url"], new_tab=True):
-                        ui.element("img").props(f'src="{f["url"]}" alt="{f["name"]}" loading="lazy"').classes(
-                            "w-48 h-36 object-cover rounded")
+                        img = ui.element("img").classes("w-48 h-36 object-cover rounded")
+                        img.props.update(src=f["url"], alt=f["name"], loading="lazy")  # the name is the device's
                 else:
                     with ui.link(target=f["url"]).classes("flex items-center gap-1").props("download"):
                         ui.icon("download")
