@@ -18,6 +18,7 @@ import pytest
 from PIL import Image
 
 from controltower.iot.simulate import CAMERA, SENSOR, Simulator, provision
+from tests.iot.test_external import SERVER_PASSWORD, SERVER_USER, Mosquitto, mosquitto  # noqa: F401
 from tests.support import RunningServer, start_server, wait_for
 
 
@@ -97,3 +98,32 @@ def test_simulator_reuses_devices_answers_pings_and_needs_no_thread_per_device(s
     finally:
         simulator.stop()
     assert simulator.snapshot()["errors"] == 0
+
+
+def test_simulated_sensors_and_camera_through_mosquitto(
+    mosquitto: Mosquitto, tmp_path_factory: pytest.TempPathFactory  # noqa: F811
+) -> None:
+    url = f"mqtt://{SERVER_USER}:{SERVER_PASSWORD}@127.0.0.1:{mosquitto.port}"
+    ext = start_server(tmp_path_factory.mktemp("iot-sim-ext") / "data", env={"CT_MQTT_URL": url})
+    try:
+        with ext.client() as admin:
+            devices = provision(admin, 3, cameras=1, prefix="extsim")
+        for device in devices:
+            mosquitto.add_user(device.id, device.token)
+        with Simulator(devices, "127.0.0.1", mosquitto.port, rate=2.0, image_format="JPEG") as simulator:
+            assert simulator.wait_connected(timeout=60), simulator.snapshot()
+            with ext.client() as admin:
+                wait_for(lambda: admin.get("devices/extsim-0000")["status"] == "online", message="camera online")
+                sent = admin.post("devices/extsim-0000/commands", {"name": "capture", "timeout_s": 20})
+                done = wait_for(lambda: (c := admin.get(f"iot/commands/{sent['id']}"))["state"] == "succeeded"
+                                and c, timeout=30, message="capture answered")
+                [meta] = admin.get("devices/extsim-0000/files", command_id=done["id"])
+                for sensor in ("extsim-0001", "extsim-0002"):
+                    wait_for(lambda s=sensor: admin.get("series/latest", name="iot.temperature",
+                                                        labels=f"device:{s}"), message=f"{sensor} telemetry")
+        content = httpx.get(f"{ext.url}/api/v1/iot/files/{meta['id']}/content",
+                            headers={"Authorization": f"Bearer {ext.token}"}).content
+        assert meta["content_type"] == "image/jpeg" and Image.open(io.BytesIO(content)).format == "JPEG"
+        assert hashlib.sha256(content).hexdigest() == meta["sha256"]
+    finally:
+        ext.stop()
