@@ -7,6 +7,7 @@ import hashlib
 import io
 import json
 import os
+import random
 import subprocess
 import sys
 import threading
@@ -17,7 +18,7 @@ import httpx
 import pytest
 from PIL import Image
 
-from controltower.iot.simulate import CAMERA, SENSOR, Simulator, provision
+from controltower.iot.simulate import CAMERA, SENSOR, Simulator, camera_frame, provision, sensor_values
 from tests.iot.test_external import SERVER_PASSWORD, SERVER_USER, Mosquitto, mosquitto  # noqa: F401
 from tests.support import RunningServer, start_server, wait_for
 
@@ -31,6 +32,20 @@ def srv(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]:
 
 def _mqtt_port(srv: RunningServer) -> int:
     return int(srv.env["CT_MQTT_PORT"])
+
+
+def test_sensors_follow_the_day_and_every_frame_is_new() -> None:
+    rng = random.Random(1)
+    midnight, noon = 1_700_006_400.0, 1_700_006_400.0 + 43_200  # 00:00 and 12:00 UTC
+    night = [sensor_values(0, midnight + i, rng) for i in range(50)]
+    day = [sensor_values(0, noon + i, rng) for i in range(50)]
+    assert max(v["temperature"] for v in night) + 5 < min(v["temperature"] for v in day)
+    assert min(v["humidity"] for v in night) > max(v["humidity"] for v in day)
+    assert len({v["temperature"] for v in day}) > 10  # noise
+    first, second = camera_frame("cam-1", noon), camera_frame("cam-1", noon + 1.5)
+    assert first != second and Image.open(io.BytesIO(first)).size == (320, 240)
+    jpeg = Image.open(io.BytesIO(camera_frame("cam-1", noon, 640, 480, "JPEG")))
+    assert (jpeg.format, jpeg.size) == ("JPEG", (640, 480))
 
 
 def test_cli_runs_sensors_and_a_camera_that_answers_capture_with_an_image(srv: RunningServer) -> None:
