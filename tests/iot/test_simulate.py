@@ -1,5 +1,5 @@
-"""Simulated devices against a real server and its embedded broker: the `ctower device simulate` CLI and the
-Simulator class the benchmarks use."""
+"""Simulated devices against a real server (its embedded broker, and a real Mosquitto): the
+`ctower device simulate` CLI and the Simulator class the benchmarks use."""
 
 from __future__ import annotations
 
