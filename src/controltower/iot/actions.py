@@ -3,19 +3,18 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime as dt
-import time
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
 from controltower.core.auth import Principal, Role
 from controltower.core.context import Context
+from controltower.core.events import Event
 from controltower.iot import commands
 from controltower.iot.hub import hub_of
 from controltower.iot.schemas import CommandCreate, CommandPublic
-
-POLL_S = 0.1
 
 
 class SendCommandParams(BaseModel):
@@ -53,14 +52,26 @@ def _read(ctx: Context, command_id: int) -> CommandPublic:
 def register(ctx: Context) -> None:
     async def send_command(params: SendCommandParams, _principal: Principal) -> CommandPublic:
         """Returns the command in its final state, or as it stands when `wait_s` runs out."""
-        command_id = await asyncio.to_thread(_create, ctx, params)
-        hub_of(ctx).notify_command(params.device)
-        deadline = time.monotonic() + (params.wait_s or params.timeout_s + 5)
-        while True:
-            command = await asyncio.to_thread(_read, ctx, command_id)
-            if command.state in commands.TERMINAL or time.monotonic() >= deadline:
-                return command
-            await asyncio.sleep(POLL_S)
+        # Woken by the `iot.command.finished` event the moment the answer commits, not by polling.
+        finished = asyncio.Event()
+        mine: list[int] = []
+
+        async def on_finished(event: Event) -> None:
+            if mine and event.payload.get("command") == mine[0]:
+                finished.set()
+
+        subscription = ctx.events.subscribe("iot.command.finished", on_finished)
+        try:
+            mine.append(await asyncio.to_thread(_create, ctx, params))
+            hub_of(ctx).notify_command(params.device)
+            command = await asyncio.to_thread(_read, ctx, mine[0])
+            if command.state not in commands.TERMINAL:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(finished.wait(), params.wait_s or params.timeout_s + 5)
+                command = await asyncio.to_thread(_read, ctx, mine[0])
+            return command
+        finally:
+            subscription.cancel()
 
     ctx.actions.register(
         "iot.send_command",
