@@ -108,6 +108,16 @@ def test_more_bytes_than_announced_are_refused(reassembler: Reassembler) -> None
     assert refused.value.kind == "oversize" and "goes past the announced 5000 bytes" in refused.value.reason
 
 
+def test_a_device_has_a_bounded_number_of_uploads_in_progress(reassembler: Reassembler) -> None:
+    for n in range(16):
+        [(_rest, header)] = _messages()[:1]
+        assert reassembler.receive("dev1", f"up{n}", header) is None
+    with pytest.raises(Rejected, match="already has 16 uploads in progress"):
+        reassembler.receive("dev1", "up16", header)
+    assert reassembler.receive("dev2", "up0", header) is None  # another device is not affected
+    assert reassembler.in_progress() == 17
+
+
 def test_an_idle_upload_expires(tmp_path: Path) -> None:
     reassembler = Reassembler(tmp_path / "uploads", BlobStore(tmp_path / "blobs", 1 << 20), 1 << 20, idle_s=0.01)
     _feed(reassembler, _messages()[:2])

@@ -21,6 +21,7 @@ from controltower.iot.payloads import Rejected, load_json
 UPLOAD_ID_RE = re.compile(r"[A-Za-z0-9_-]{1,64}\Z")
 SHA256_RE = re.compile(r"[0-9a-f]{64}\Z")
 HEADER_FIELDS = frozenset({"name", "content_type", "size", "sha256", "chunks", "command_id"})
+UPLOADS_PER_DEVICE = 16  # files one device may have in progress at once
 CLOSED_KEEP = 10_000  # finished or refused uploads remembered: their resent or remaining messages are ignored
 
 
@@ -144,6 +145,8 @@ class Reassembler:
             self._drop(key)
             raise Rejected("invalid", f"topic: upload {key[1]!r} was already in progress with another header; "
                                       "both dropped")
+        if sum(1 for device_id, _ in self._uploads if device_id == key[0]) >= UPLOADS_PER_DEVICE:
+            raise Rejected("invalid", f"topic: device {key[0]} already has {UPLOADS_PER_DEVICE} uploads in progress")
         self.directory.mkdir(parents=True, exist_ok=True)
         fd, name = tempfile.mkstemp(dir=self.directory, prefix=f"{key[0]}-{key[1]}-", suffix=".part")
         upload = _Upload(header, topics.topic(key[0], topics.FILES, key[1]), os.fdopen(fd, "w+b"), Path(name),
