@@ -180,9 +180,9 @@ def test_gallery_shows_an_uploaded_image_and_links_other_files(browser, iot_serv
     assert anonymous.status_code == 303 and anonymous.headers["location"].startswith("/login")
 
 
-def test_command_from_the_form_is_answered_by_an_mqtt_device(browser, iot_server, password, request):
-    dev = _device(iot_server, "gate-controller", ["yard"], "actuator")
-    client = DeviceClient(int(iot_server.env["CT_MQTT_PORT"]), dev["id"], dev["token"]).connect()
+def _answering(srv: RunningServer, dev: dict) -> DeviceClient:
+    """A real paho device that answers every command with `{"opened": true, "echo": params}`."""
+    client = DeviceClient(int(srv.env["CT_MQTT_PORT"]), dev["id"], dev["token"]).connect()
 
     def answer(_c: mqtt.Client, _u: object, msg: mqtt.MQTTMessage) -> None:
         command = json.loads(msg.payload)
@@ -190,8 +190,14 @@ def test_command_from_the_form_is_answered_by_an_mqtt_device(browser, iot_server
         client.client.publish(f"ct/d/{dev['id']}/responses/{command['id']}", json.dumps(reply), qos=1)
 
     client.client.on_message = answer
+    assert client.subscribe(f"ct/d/{dev['id']}/commands") == 1
+    return client
+
+
+def test_command_from_the_form_is_answered_by_an_mqtt_device(browser, iot_server, password, request):
+    dev = _device(iot_server, "gate-controller", ["yard"], "actuator")
+    client = _answering(iot_server, dev)
     try:
-        assert client.subscribe(f"ct/d/{dev['id']}/commands") == 1
         with open_tab(browser, request.node.name) as tab:
             page = tab.page
             log_in(tab, iot_server.url, "admin", password, f"/devices/{dev['id']}")
@@ -217,6 +223,38 @@ def test_command_from_the_form_is_answered_by_an_mqtt_device(browser, iot_server
     with iot_server.client() as admin:
         [command] = admin.get(f"devices/{dev['id']}/commands")
     assert command["state"] == "succeeded" and command["params"] == {"seconds": 5}
+
+
+def test_a_command_sent_to_a_label_shows_each_devices_state(browser, iot_server, password, request):
+    online = [_device(iot_server, f"aisle7-cam-{i}", ["aisle-7"], "camera") for i in range(2)]
+    _device(iot_server, "aisle7-cam-off", ["aisle-7"], "camera")  # never connects: its command stays queued
+    clients = [_answering(iot_server, dev) for dev in online]
+    try:
+        with open_tab(browser, request.node.name) as tab:
+            page = tab.page
+            log_in(tab, iot_server.url, "admin", password, "/devices")
+            page.get_by_role("row").filter(has_text="aisle7-cam-off").wait_for()
+            page.get_by_role("button", name="Send to a label").click()
+            dialog = page.get_by_role("dialog")
+            dialog.get_by_label("Name", exact=True).fill("capture")
+            dialog.get_by_role("button", name="Send to all").click()
+            dialog.get_by_text("pick the label of the devices to command").wait_for()
+            dialog.get_by_label("Label").click()
+            page.get_by_role("option", name="aisle-7").click()
+            dialog.get_by_role("button", name="Send to all").click()
+            results = dialog.get_by_test_id("broadcast-results")
+
+            def state(name: str, value: str) -> object:
+                return results.get_by_role("row").filter(has_text=name).locator(f"[data-state={value}]")
+
+            for i in range(2):
+                state(f"aisle7-cam-{i}", "succeeded").wait_for()
+            assert state("aisle7-cam-off", "queued").count() == 1
+            assert dialog.get_by_test_id("broadcast-summary").inner_text() == "2 of 3 devices finished; 2 succeeded"
+            tab.shot("broadcast")
+    finally:
+        for client in clients:
+            client.close()
 
 
 def test_dead_letter_page_shows_a_malformed_message(browser, iot_server, password, request):
@@ -251,6 +289,9 @@ def test_viewer_cannot_send_commands(browser, iot_server, request):
         assert page.get_by_role("button", name="Send command").count() == 0
         assert page.get_by_test_id("recent-commands").count() == 1  # it may still see what was sent
         tab.shot("device-as-viewer")
+        page.goto(iot_server.url + "/devices")
+        page.get_by_role("link", name="viewer-sees-me").wait_for()
+        assert page.get_by_role("button", name="Send to a label").count() == 0
     with Client(iot_server.url, viewer_token) as viewer, pytest.raises(ApiError) as refused:
         viewer.post(f"devices/{dev['id']}/commands", {"name": "open"})
     assert refused.value.status == 403

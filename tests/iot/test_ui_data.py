@@ -94,6 +94,15 @@ def test_command_sent_from_the_page_is_queued_and_listed(ctx: Context) -> None:
     assert view is not None and [(c["name"], c["state"]) for c in view.commands] == [("capture", "queued")]
 
 
+def test_broadcast_from_the_page_queues_one_command_per_labelled_device(ctx: Context) -> None:
+    _devices(ctx, 4)
+    broadcast_id, count = ui_data.send_broadcast(ctx, "odd", CommandCreate(name="capture"))
+    assert count == 2
+    rows = ui_data.broadcast_rows(ctx, broadcast_id)
+    assert [(r["device"], r["state"]) for r in rows] == [("sensor-0001", "queued"), ("sensor-0003", "queued")]
+    assert ui_data.send_broadcast(ctx, "nobody", CommandCreate(name="capture"))[1] == 0
+
+
 def test_dead_letters_with_counts_and_a_kind_filter(ctx: Context) -> None:
     with ctx.db.session() as session:
         deadletters.record(session, source="mqtt", topic="ct/d/x/telemetry", kind="malformed_json",

@@ -6,8 +6,9 @@ from fastapi import Request
 from fastapi.responses import FileResponse, Response
 from nicegui import app, run, ui
 
+from controltower.core.auth import Role
 from controltower.core.context import Context
-from controltower.iot import ui_data, ui_deadletters, ui_device
+from controltower.iot import ui_broadcast, ui_data, ui_deadletters, ui_device
 from controltower.iot.ui_nav import STATUS_COLORS, badge_slot, submenu
 from controltower.web import session as web_session
 from controltower.web.areas import page
@@ -53,6 +54,10 @@ def _list_page(ctx: Context) -> None:
                 label = ui.select({"": "any label"}, value="", label="Label").classes("w-48")
                 status = ui.select(STATUSES, value="", label="Status").classes("w-40")
                 counter = ui.label().classes("text-sm opacity-70").props("data-testid=device-count")
+                known_labels: list[str] = []
+                if user.can(Role.operator):
+                    ui.space()
+                    ui_broadcast.button(ctx, lambda: known_labels)
             empty = ui.column().classes("w-full")
             table = ui.table(columns=COLUMNS, rows=[], row_key="id", pagination=50).classes("w-full")
             table.add_slot("body-cell-name", '<q-td :props="props"><a :href="\'/devices/\' + '
@@ -63,6 +68,7 @@ def _list_page(ctx: Context) -> None:
             async def refresh() -> None:
                 view = await run.io_bound(ui_data.device_list, ctx, label.value or None, status.value or None,
                                           search.value or "")
+                known_labels[:] = view.labels
                 options = {"": "any label", **{lab: lab for lab in view.labels}}
                 if label.options != options:
                     label.set_options(options, value=label.value if label.value in options else "")

@@ -53,14 +53,25 @@ def parse_form(name: str, params: str, timeout_s: float | None) -> CommandCreate
         raise FormError(str(err["loc"][0]) if err["loc"] else "name", err["msg"]) from None
 
 
+def command_fields() -> dict[str, Any]:
+    """The inputs of a command: name, params as JSON, timeout; keyed by the CommandCreate field they fill."""
+    return {
+        "name": ui.input("Name", placeholder="capture").classes("w-full"),
+        "params": ui.textarea("Params (JSON object)", value="{}").classes("w-full font-mono").props("autogrow"),
+        "timeout_s": ui.number("Timeout (seconds)", value=30, min=0.1, max=86400).classes("w-48"),
+    }
+
+
+def read_fields(fields: dict[str, Any]) -> CommandCreate:
+    """Clear the fields' errors and parse them; FormError names the field that is wrong."""
+    for field in fields.values():
+        field.error = None
+    return parse_form(fields["name"].value or "", fields["params"].value or "", fields["timeout_s"].value)
+
+
 def _form(ctx: Context, device_id: str, on_change: Callable[[], Any]) -> None:
     with ui.column().classes("w-full gap-1"):
-        fields: dict[str, Any] = {
-            "name": ui.input("Name", placeholder="capture").classes("w-full"),
-            "params": ui.textarea("Params (JSON object)", value="{}").classes("w-full font-mono").props(
-                "autogrow"),
-            "timeout_s": ui.number("Timeout (seconds)", value=30, min=0.1, max=86400).classes("w-48"),
-        }
+        fields = command_fields()
         send = ui.button("Send command", icon="send")
         with ui.row().classes("items-center gap-2 w-full"):
             command_label = ui.label().classes("text-sm")
@@ -98,11 +109,9 @@ def _form(ctx: Context, device_id: str, on_change: Callable[[], Any]) -> None:
                 result.set_text("")
 
         async def submit() -> None:
-            for field in fields.values():
-                field.error = None
             try:
                 web_session.require(ctx, Role.operator)
-                body = parse_form(fields["name"].value or "", fields["params"].value or "", fields["timeout_s"].value)
+                body = read_fields(fields)
                 command = await run.io_bound(ui_data.send_command, ctx, device_id, body)
             except FormError as exc:
                 fields[exc.field].error = exc.reason

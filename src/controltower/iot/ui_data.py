@@ -8,11 +8,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from sqlalchemy import select
+
 from controltower.core.context import Context
 from controltower.core.series_query import run_query
 from controltower.iot import commands, deadletters, devices, store
 from controltower.iot.hub import hub_of
-from controltower.iot.models import DeviceFile
+from controltower.iot.models import Device, DeviceFile
 from controltower.iot.payloads import SERIES_PREFIX
 from controltower.iot.schemas import CommandCreate, CommandPublic, DeviceDetail
 from controltower.web.charts import RangePlan
@@ -159,6 +161,28 @@ def send_command(ctx: Context, device_id: str, body: CommandCreate) -> CommandPu
         command = CommandPublic.model_validate(commands.create_command(ctx, session, device_id, body))
     hub_of(ctx).notify_command(device_id)
     return command
+
+
+def send_broadcast(ctx: Context, label: str, body: CommandCreate) -> tuple[str, int]:
+    """One command per device carrying `label` (as POST /api/v1/iot/commands/broadcast); (broadcast id, count)."""
+    with ctx.db.session() as session:
+        broadcast_id, created = commands.create_broadcast(ctx, session, label, body)
+        targets = [c.device_id for c in created]
+    hub = hub_of(ctx)
+    for device_id in targets:
+        hub.notify_command(device_id)
+    return broadcast_id, len(targets)
+
+
+def broadcast_rows(ctx: Context, broadcast_id: str) -> list[dict[str, Any]]:
+    """Each device's command of a broadcast, with the device's name."""
+    with ctx.db.read_session() as session:
+        rows = [CommandPublic.model_validate(c) for c in commands.read_commands(session, broadcast_id=broadcast_id,
+                                                                                limit=10_000)]
+        names = dict(session.execute(select(Device.id, Device.name).where(Device.id.in_({c.device_id
+                                                                                          for c in rows}))).all())
+    return [{**command_row(c), "device_id": c.device_id, "device": names.get(c.device_id, c.device_id)}
+            for c in sorted(rows, key=lambda c: names.get(c.device_id, c.device_id))]
 
 
 def read_command(ctx: Context, command_id: int) -> CommandPublic:
