@@ -22,8 +22,7 @@ from controltower.console import (
 
 schedule_app = typer.Typer(help="Cron schedules that start robot runs.")
 
-COLUMNS = ["id", "robot", "task", "cron", "timezone", "labels", "paused", "next_fire_at", "last_fire_at",
-           "last_run_id", "last_error"]
+COLUMNS = ["id", "robot", "task", "cron", "timezone", "labels", "paused", "next_fire_at", "last_run_id", "last_error"]
 
 
 def _print(rows: list[dict[str, Any]], as_json: bool) -> None:
