@@ -7,6 +7,8 @@ import datetime as dt
 import io
 import json
 import re
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 
@@ -255,6 +257,37 @@ def test_a_command_sent_to_a_label_shows_each_devices_state(browser, iot_server,
     finally:
         for client in clients:
             client.close()
+
+
+def test_a_simulated_camera_answers_capture_and_its_picture_shows(browser, iot_server, password, request):
+    cmd = [sys.executable, "-m", "controltower", "device", "simulate", "--count", "2", "--cameras", "1", "--rate", "1",
+           "--duration", "90", "--prefix", "e2esim", "--server", iot_server.url, "--token", iot_server.token,
+           "--mqtt-port", iot_server.env["CT_MQTT_PORT"]]
+    simulator = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        with iot_server.client() as admin:
+            wait_for(lambda: admin.get("devices/e2esim-0000")["status"] == "online", timeout=30,
+                     message="the simulated camera online")
+        with open_tab(browser, request.node.name) as tab:
+            page = tab.page
+            log_in(tab, iot_server.url, "admin", password, "/devices")
+            sensor_row = page.get_by_role("row").filter(has_text="e2esim-0001")
+            sensor_row.get_by_text(re.compile(r"humidity [\d.]+ · temperature [\d.]+")).wait_for()
+            page.goto(iot_server.url + "/devices/e2esim-0000")
+            page.get_by_label("Name", exact=True).fill("capture")
+            page.get_by_role("button", name="Send command").click()
+            page.get_by_test_id("command-state").get_by_text("succeeded").wait_for()
+            command_id = re.search(r"#(\d+)", page.get_by_text(re.compile(r"Command #\d+ capture")).inner_text())
+            assert command_id is not None
+            card = page.locator("[data-file]").filter(has_text=f"command #{command_id.group(1)}")
+            img = card.locator("img")
+            img.wait_for()
+            wait_for(lambda: img.evaluate("i => i.complete && i.naturalWidth") > 0, message="the captured picture")
+            assert "image/" in card.inner_text()
+            tab.shot("captured")
+    finally:
+        simulator.terminate()
+        simulator.wait(30)
 
 
 def test_dead_letter_page_shows_a_malformed_message(browser, iot_server, password, request):
