@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import fcntl
 import hashlib
 import json
 import os
@@ -10,6 +11,7 @@ import re
 import stat
 import subprocess
 import sys
+import termios
 import zlib
 from collections.abc import Iterator
 from pathlib import Path
@@ -55,6 +57,7 @@ Use secret
     ${digest}=    Evaluate    hashlib.sha256($erp_password.encode()).hexdigest()    modules=hashlib
     Create File    ${OUTPUT_DIR}/digest.txt    ${digest}
     Create File    ${OUTPUT_DIR}/leak.txt    the value is ${erp_password}
+    Create File    ${OUTPUT_FILE}    {"user": "${erp_password}"}
     Sleep    ${PAUSE}
 """
 
@@ -150,6 +153,7 @@ def test_a_secret_reaches_the_task_and_is_masked_in_every_output(srv: RunningSer
 
         assert file("artifacts/digest.txt") == hashlib.sha256(SECRET.encode()).hexdigest()
         assert file("artifacts/leak.txt") == "the value is ***"
+        assert run["output"] == {"user": "***"}
         lines = [line["line"] for line in client.get(f"rpa/runs/{run['id']}/log")]
         output_xml, log_html, report_html = file("output.xml"), file("log.html"), file("report.html")
         log_strings = _log_html_strings(log_html)
@@ -296,3 +300,63 @@ def test_a_malformed_vault_key_is_a_clear_error(tmp_path: Path) -> None:
     with pytest.raises(vault.VaultKeyError, match=r"^CT_VAULT_KEY: not a Fernet key"):
         vault.cipher(Settings(data_dir=tmp_path, vault_key="not-a-key"))
     assert "not-a-key" not in repr(Settings(data_dir=tmp_path, vault_key="not-a-key"))
+
+
+def test_a_local_run_takes_secrets_from_the_environment_and_masks_them(srv: RunningServer, tmp_path: Path) -> None:
+    root = tmp_path / "local-bot"
+    root.mkdir()
+    (root / "robot.yaml").write_text(ROBOT_YAML.format(name="local-bot"))
+    (root / "tasks.robot").write_text(SUITE)
+    env = {**os.environ, "CT_SECRET_ERP_PASSWORD": SECRET, "CT_RPA_ENV_CACHE_DIR": str(srv.data_dir.parent / "envs")}
+    done = subprocess.run([sys.executable, "-m", "controltower", "robot", "run", str(root), "--out",
+                           str(tmp_path / "work"), "--json"], capture_output=True, text=True, env=env, timeout=600,
+                          check=False)
+    assert done.returncode == 0, done.stderr
+    out = tmp_path / "work" / "output"
+    assert (out / "digest.txt").read_text() == hashlib.sha256(SECRET.encode()).hexdigest()
+    assert "password is ***" in (out / "output.xml").read_text()
+    assert "password is ***" in _log_html_strings((out / "log.html").read_text())
+    for text_ in (done.stdout, done.stderr, (out / "output.xml").read_text(), (out / "leak.txt").read_text()):
+        assert SECRET not in text_
+    missing = subprocess.run([sys.executable, "-m", "controltower", "robot", "run", str(root)], capture_output=True,
+                             text=True, env={k: v for k, v in env.items() if k != "CT_SECRET_ERP_PASSWORD"},
+                             stdin=subprocess.DEVNULL, timeout=120, check=False)
+    assert missing.returncode == 2
+    assert "secret erp_password: set CT_SECRET_ERP_PASSWORD or run in a terminal" in missing.stderr
+
+
+def test_vault_set_asks_for_the_value_without_echoing_it(srv: RunningServer) -> None:
+    master, slave = os.openpty()
+
+    def take_terminal() -> None:
+        fcntl.ioctl(0, termios.TIOCSCTTY, 0)  # the pty becomes the prompt's /dev/tty
+
+    env = {**os.environ, "CT_SERVER": srv.url, "CT_TOKEN": srv.token}
+    proc = subprocess.Popen([sys.executable, "-m", "controltower", "vault", "set", "prompted_pw"], stdin=slave,
+                            stdout=slave, stderr=slave, env=env, start_new_session=True, preexec_fn=take_terminal)
+    os.close(slave)
+    screen = b""
+
+    def read_until(marker: bytes) -> None:
+        nonlocal screen
+        while marker not in screen:
+            chunk = os.read(master, 1024)
+            assert chunk, f"the prompt {marker!r} never came: {screen!r}"
+            screen += chunk
+
+    try:
+        read_until(b"Value: ")
+        os.write(master, b"typed-in-secret\n")
+        read_until(b"Again: ")
+        os.write(master, b"typed-in-secret\n")
+        read_until(b"stored prompted_pw")
+    finally:
+        assert proc.wait(60) == 0
+        os.close(master)
+    assert b"typed-in-secret" not in screen  # echo was off
+    engine = create_engine(f"sqlite:///{srv.data_dir / 'ctower.db'}")
+    with engine.connect() as conn:
+        stored = conn.execute(text("SELECT ciphertext FROM rpa_vault_secrets WHERE name = 'prompted_pw'")).scalar()
+    engine.dispose()
+    key = (srv.data_dir / "vault.key").read_bytes().strip()
+    assert Fernet(key).decrypt(stored.encode()) == b"typed-in-secret"

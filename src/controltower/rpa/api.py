@@ -16,6 +16,7 @@ from controltower.core.work import WorkError
 from controltower.rpa import robots, runs, vault
 from controltower.rpa.archive import UnsafePackage
 from controltower.rpa.models import Robot
+from controltower.rpa.run_secrets import mask_json
 from controltower.rpa.schemas import (
     AuditPublic,
     LogBatch,
@@ -348,7 +349,8 @@ def run_finish(run_id: int, body: RunFinish, ctx: CtxDep, session: SessionDep,
                principal: AgentPrincipal) -> RunPublic:
     """The outcome: completes the work item and publishes `rpa.run.finished`."""
     run = _agent_run(session, run_id, principal)
-    body.message = vault.run_masker(session, ctx.settings, run).mask_optional(body.message)
+    masker = vault.run_masker(session, ctx.settings, run)
+    body.message, body.output = masker.mask_optional(body.message), mask_json(masker, body.output)
     try:
         runs.finish(ctx, session, run, int(principal.subject_id), body)
     except runs.RunConflict as exc:

@@ -99,6 +99,8 @@ def run(
     var: Annotated[list[str] | None, typer.Option("--var", help="Variable k=v (repeatable)")] = None,
     input_file: Annotated[Path | None, typer.Option("--input", help="JSON input for the run")] = None,
     file: Annotated[list[Path] | None, typer.Option("--file", help="Input file, put in input/ (repeatable)")] = None,
+    secret: Annotated[list[str] | None, typer.Option(
+        "--secret", help="Secret besides robot.yaml's (repeatable); value from CT_SECRET_<NAME>, else asked")] = None,
     out: Annotated[Path | None, typer.Option("--out", help="Working dir for the run (default: a new temp dir)")] = None,
     timeout: Annotated[float | None, typer.Option(help="Seconds (default: robot.yaml's timeout)")] = None,
     as_json: JsonOpt = False,
@@ -108,6 +110,7 @@ def run(
     from controltower.rpa.envs import EnvCache, default_cache_dir
     from controltower.rpa.execute import run_task
     from controltower.rpa.package import PackageError, load_robot
+    from controltower.rpa.vault_cli import local_secret_values
 
     try:
         spec = load_robot(path)
@@ -124,13 +127,14 @@ def run(
         except (OSError, ValueError) as exc:
             raise _fail(f"--input: cannot read JSON from {input_file}: {exc}", 2) from None
     input_files = input_paths(file, "--file")
+    secrets = local_secret_values([*spec.secrets, *(secret or [])])
     settings = Settings()
     envs = EnvCache(settings.rpa_env_cache_dir or default_cache_dir(), settings.rpa_env_cache_max)
     workdir = out or Path(tempfile.mkdtemp(prefix=f"ctower-run-{spec.name}-"))
     printer = (lambda line: err_console.print(line, highlight=False, markup=False)) if as_json else typer.echo
     outcome = run_task(spec, path, workdir, envs, task=task, variables=_pairs(var, "--var"), input_data=input_data,
                        input_files=input_files, output_max_bytes=settings.rpa_data_max_bytes,
-                       timeout_s=timeout, on_line=printer)
+                       timeout_s=timeout, on_line=printer, secrets=secrets)
     summary = outcome.summary() | {"workdir": str(workdir)}
     if as_json:
         sys.stdout.write(json.dumps(summary, indent=2) + "\n")

@@ -18,7 +18,14 @@ from typing import Any
 from controltower.rpa.envs import EnvBuildError, EnvCache
 from controltower.rpa.masking import Masker
 from controltower.rpa.package import RobotSpec
-from controltower.rpa.run_secrets import mask_artifacts, mask_rf_outputs, robot_options, secret_env, write_variable_file
+from controltower.rpa.run_secrets import (
+    mask_artifacts,
+    mask_json,
+    mask_rf_outputs,
+    robot_options,
+    secret_env,
+    write_variable_file,
+)
 
 RF_FILES = ("output.xml", "log.html", "report.html")
 INPUT_JSON = "input.json"
@@ -233,6 +240,7 @@ def run_task(
     if masker:
         mask_artifacts(masker, outcome.artifacts)
         outcome.message = masker.mask_optional(outcome.message)
+        outcome.output = mask_json(masker, outcome.output)
     return outcome
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import subprocess
 from pathlib import Path
+from typing import Any
 
 from controltower.rpa.masking import Masker
 
@@ -70,3 +71,14 @@ def mask_rf_outputs(python: str, out_dir: Path, masker: Masker) -> str | None:
 def mask_artifacts(masker: Masker, artifacts: dict[str, Path]) -> list[str]:
     """Mask the text artifacts in place; the names of those that held a secret."""
     return [name for name, path in artifacts.items() if masker.mask_file(path)]
+
+
+def mask_json(masker: Masker, value: Any) -> Any:
+    """The value with every string (and key) masked; numbers and the structure stay as they are."""
+    if isinstance(value, str):
+        return masker.mask(value)
+    if isinstance(value, list):
+        return [mask_json(masker, item) for item in value]
+    if isinstance(value, dict):
+        return {masker.mask(str(k)): mask_json(masker, v) for k, v in value.items()}
+    return value

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import getpass
+import os
 import sys
 from typing import Annotated
 from urllib.parse import quote
@@ -73,3 +74,23 @@ def remove(name: str, server: ServerOpt = DEFAULT_SERVER, token: TokenOpt = None
     with client_from(server, token) as client:
         call(client.delete, f"rpa/vault/{quote(name, safe='')}")
     typer.echo(f"removed {name}")
+
+
+def local_secret_values(names: list[str]) -> dict[str, str]:
+    """Secrets for `ctower robot run` (no server): each from CT_SECRET_<NAME>, else a hidden prompt."""
+    from controltower.rpa.package import SECRET_NAME_RE
+    from controltower.rpa.run_secrets import env_name
+
+    values: dict[str, str] = {}
+    for name in sorted(set(names)):
+        if not SECRET_NAME_RE.match(name):
+            err_console.print(f"[red]--secret: {name!r} is not a secret name (letters, digits, _)[/red]")
+            raise typer.Exit(2)
+        if env_name(name) in os.environ:
+            values[name] = os.environ[env_name(name)]
+        elif sys.stdin.isatty():
+            values[name] = getpass.getpass(f"{name} (for this run only): ")
+        else:
+            err_console.print(f"[red]secret {name}: set {env_name(name)} or run in a terminal to be asked[/red]")
+            raise typer.Exit(2)
+    return values
