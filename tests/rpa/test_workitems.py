@@ -182,9 +182,16 @@ def test_cli_adds_a_queue_and_pushes_an_item_with_a_file(srv: RunningServer, tmp
     with srv.client() as client:
         page = _settled(client, "cli-invoices", {"done": 1})
     assert page["items"][0]["output"] == {"id": 5, "booked": 2, "files": ["invoice.txt"], "text": "INV-5"}
+    table = _cli(srv, "queue", "items", "cli-invoices")
+    assert "pending: 0 in_progress: 0 done: 1 failed: 0 dead: 0" in table and '"booked": 2' in table
+    item_id = str(page["items"][0]["id"])
+    assert _cli(srv, "queue", "remove", "cli-invoices", item_id).strip() == f"item {item_id} deleted"
     result = runner.invoke(app, ["queue", "add", "cli-invoices", "--robot", "invoice-bot",
                                  "--server", srv.url, "--token", srv.token])
     assert result.exit_code == 1 and "a queue named 'cli-invoices' already exists" in result.output
+    assert _cli(srv, "queue", "delete", "cli-invoices").strip() == "queue cli-invoices deleted"
+    with srv.client() as client:
+        assert all(q["name"] != "cli-invoices" for q in client.get("rpa/queues"))
 
 
 def test_bad_input_is_refused_naming_the_field(srv: RunningServer) -> None:

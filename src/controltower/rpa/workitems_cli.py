@@ -73,11 +73,11 @@ def push(
 def _list(server: str, token: str | None, as_json: bool) -> None:
     with client_from(server, token) as client:
         rows = call(client.get, "rpa/queues")
-    for row in rows:
-        for status in STATUSES:
-            row[status] = row["counts"].get(status, 0)
-        row["target"] = ",".join(row["labels"]) or (f"agent {row['agent_id']}" if row["agent_id"] else "")
-    print_rows(rows, ["name", "robot", "task", "target", "max_attempts", *STATUSES], as_json)
+    if not as_json:
+        for row in rows:
+            row.update(row["counts"], running=row["counts"].get("in_progress", 0))
+            row["target"] = ",".join(row["labels"]) or (f"agent {row['agent_id']}" if row["agent_id"] else "")
+    print_rows(rows, ["name", "robot", "task", "target", "pending", "running", "done", "failed", "dead"], as_json)
 
 
 @queue_app.command("list")
