@@ -211,3 +211,23 @@ def test_a_restart_neither_repeats_nor_skips_a_fire(db_server: tuple[RunningServ
     assert _runs_of(srv, missed["id"], db_url=url) == [fired["last_run_id"]]
     assert run["schedule_id"] == missed["id"] and run["status"] == "queued" and run["created_by"] == \
         f"schedule {missed['id']}"
+
+
+def test_a_fire_whose_run_is_refused_keeps_the_reason_and_moves_on(srv: RunningServer) -> None:
+    with srv.client() as client:
+        client.put("rpa/vault/erp_password", {"value": "hunter22"})
+        schedule = _schedule(client, task="Summarise", secrets=["erp_password"], cron="*/5 * * * *")
+        changed = client.patch(f"rpa/schedules/{schedule['id']}", {"cron": "30 7 * * *", "timezone": "Asia/Tokyo"})
+        client.delete("rpa/vault/erp_password")
+    tokyo = [dt.datetime.fromisoformat(t).astimezone(ZoneInfo("Asia/Tokyo")) for t in changed["next_fires"]]
+    assert all((t.hour, t.minute) == (7, 30) for t in tokyo) and changed["cron"] == "30 7 * * *"
+    _make_due(srv, schedule["id"])
+    with srv.client() as client:
+        failed = wait_for(lambda: (s := client.get(f"rpa/schedules/{schedule['id']}"))["fires"] == 1 and s,
+                          timeout=60, message="the schedule to fire")
+        events = [e["payload"] for e in client.get("events", topic="rpa.schedule.failed")]
+    assert failed["last_run_id"] is None
+    assert failed["last_error"].startswith("secrets: no secret named 'erp_password' in the vault")
+    assert dt.datetime.fromisoformat(failed["next_fire_at"]) > utcnow()
+    assert any(e["schedule_id"] == schedule["id"] and e["error"] == failed["last_error"] for e in events)
+    assert _runs_of(srv, schedule["id"]) == []
