@@ -308,6 +308,15 @@ def test_dead_letter_page_shows_a_malformed_message(browser, iot_server, passwor
         badge = page.get_by_test_id("dead-letter-counts").locator("[data-kind=malformed_json]")
         assert re.fullmatch(r"malformed_json: [1-9]\d*", badge.inner_text())
         tab.shot("dead-letters")
+        row.get_by_role("link", name=dev["id"]).click()
+        page.get_by_role("link", name="its dead letters").click()
+        page.wait_for_url(f"**/devices/dead-letters?device={dev['id']}")
+        page.get_by_test_id("device-filter").wait_for()
+        row.wait_for()
+        page.goto(iot_server.url + "/devices/dead-letters?device=someone-else")
+        page.get_by_test_id("device-filter").wait_for()
+        page.get_by_text("No data available").wait_for()
+        assert row.count() == 0
 
 
 def test_viewer_cannot_send_commands(browser, iot_server, request):

@@ -196,7 +196,8 @@ class DeadLetters:
     counts: dict[str, int]
 
 
-def dead_letters(ctx: Context, kind: str | None) -> DeadLetters:
+def dead_letters(ctx: Context, kind: str | None, device_id: str | None = None) -> DeadLetters:
+    """The newest refused messages (of one kind, of one device) and the counts per kind of all of them."""
     with ctx.db.read_session() as session:
         return DeadLetters(
             rows=[{
@@ -209,7 +210,7 @@ def dead_letters(ctx: Context, kind: str | None) -> DeadLetters:
                 "topic": r.topic,
                 "size": size_text(r.size),
                 "payload": compact(r.payload),
-            } for r in deadletters.read(session, limit=DEAD_LETTER_ROWS, kind=kind)],
+            } for r in deadletters.read(session, limit=DEAD_LETTER_ROWS, kind=kind, device_id=device_id)],
             counts=deadletters.counts(session),
         )
 

@@ -29,7 +29,7 @@ COLUMNS = [
 
 def register(ctx: Context) -> None:
     @page("/devices/dead-letters")
-    async def dead_letters_page(request: Request) -> Response | None:
+    async def dead_letters_page(request: Request, device: str | None = None) -> Response | None:
         user = web_session.page_user(ctx, request)
         if isinstance(user, Response):
             return user
@@ -38,6 +38,10 @@ def register(ctx: Context) -> None:
             ui.label("Messages ingestion refused, newest first (the first 4 KB of each payload is kept).").classes(
                 "text-sm opacity-70")
             counts = ui.row().classes("items-center gap-2").props("data-testid=dead-letter-counts")
+            if device:
+                with ui.row().classes("items-center gap-2"):
+                    ui.label(f"Only device {device}").classes("font-bold").props("data-testid=device-filter")
+                    ui.link("all devices", "/devices/dead-letters")
             kind = ui.select({"": "every kind", **{k: k for k in deadletters.KINDS}}, value="",
                              label="Kind").classes("w-48")
             table = ui.table(columns=COLUMNS, rows=[], row_key="id", pagination=50).classes("w-full").props(
@@ -48,13 +52,13 @@ def register(ctx: Context) -> None:
             shown: dict[str, int] = {}
 
             async def refresh() -> None:
-                view = await run.io_bound(ui_data.dead_letters, ctx, kind.value or None)
+                view = await run.io_bound(ui_data.dead_letters, ctx, kind.value or None, device or None)
                 if view.counts != shown:
                     shown.clear()
                     shown.update(view.counts)
                     counts.clear()
                     with counts:
-                        ui.label(f"{sum(view.counts.values())} in all").classes("font-bold")
+                        ui.label(f"{sum(view.counts.values())} in all (every device)").classes("font-bold")
                         for name, n in sorted(view.counts.items(), key=lambda kv: -kv[1]):
                             ui.badge(f"{name}: {n}", color="negative" if n else "grey").props(f"data-kind={name}")
                 if table.rows != view.rows:

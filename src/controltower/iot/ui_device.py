@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime as dt
 import time
 from typing import Any
+from urllib.parse import quote
 
 from fastapi import Request
 from fastapi.responses import Response
@@ -96,7 +97,9 @@ def _header(view: ui_data.DeviceView) -> dict[str, Any]:
         ui.label(view.device.type).classes("text-sm opacity-70")
         for label in view.device.labels:
             ui.chip(label, icon="label").props("dense outline")
-    details = ui.label().classes("text-sm")
+    with ui.row().classes("items-center gap-3"):
+        details = ui.label().classes("text-sm")
+        ui.link("its dead letters", f"/devices/dead-letters?device={quote(view.device.id)}").classes("text-sm")
     if view.device.description:
         ui.label(view.device.description).classes("text-sm opacity-80")
     return {"status": status, "details": details}
