@@ -59,7 +59,11 @@ def button(ctx: Context, labels: Callable[[], list[str]]) -> None:
                 raise FormError("label", "pick the label of the devices to command")
             broadcast_id, count = await run.io_bound(ui_data.send_broadcast, ctx, label.value, body)
         except FormError as exc:
-            (label if exc.field == "label" else fields[exc.field]).error = exc.reason
+            target = label if exc.field == "label" else fields.get(exc.field)
+            if target is None:
+                notify_error(exc)
+            else:
+                target.error = exc.reason
             return
         except (web_session.Forbidden, ValueError) as exc:
             notify_error(exc)

@@ -114,7 +114,10 @@ def _form(ctx: Context, device_id: str, on_change: Callable[[], Any]) -> None:
                 body = read_fields(fields)
                 command = await run.io_bound(ui_data.send_command, ctx, device_id, body)
             except FormError as exc:
-                fields[exc.field].error = exc.reason
+                if exc.field in fields:
+                    fields[exc.field].error = exc.reason
+                else:
+                    notify_error(exc)
                 return
             except (web_session.Forbidden, devices.DeviceNotFound, ValueError) as exc:
                 notify_error(exc)
