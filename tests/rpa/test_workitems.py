@@ -9,6 +9,7 @@ import signal
 import subprocess
 import sys
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import httpx
@@ -129,6 +130,26 @@ def test_concurrency_limit_and_a_timed_out_run_counts_as_a_failed_attempt(srv: R
         assert first["status"] == "dead" and first["last_error"].startswith(f"run {first['run_id']} timed_out")
         assert second["status"] == "done" and second["output"]["id"] == 2
         assert _ts(second["dispatched_at"]) >= _ts(first["finished_at"])
+
+
+def test_concurrent_pushes_respect_the_concurrency_limit(srv: RunningServer) -> None:
+    with srv.client() as client:
+        client.post("rpa/queues", {"name": "crowded", "robot": "invoice-bot", "task": TASK,
+                                   "labels": ["nobody-has-this"], "concurrency": 2})
+
+    def push(n: int) -> int:
+        with srv.client() as own:
+            return len(own.post("rpa/queues/crowded/items", {"items": [{"payload": {"id": n, "k": k}}
+                                                                       for k in range(5)]}))
+
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        assert list(pool.map(push, range(8))) == [5] * 8
+    with srv.client() as client:
+        counts = client.get("rpa/queues/crowded")["counts"]
+        assert counts == {"pending": 38, "in_progress": 2, "done": 0, "failed": 0, "dead": 0}
+        for item in client.get("rpa/queues/crowded/items", status="in_progress")["items"]:
+            client.post(f"rpa/runs/{item['run_id']}/cancel")
+        client.delete("rpa/queues/crowded")
 
 
 def _start_agent(srv: RunningServer, client: Client, state_dir: Path, label: str,

@@ -264,9 +264,13 @@ def delete_item(session: Session, item: QueueItem) -> None:
 
 
 def _lock(session: Session, queue: RpaQueue) -> None:
-    """Serialise dispatching and settling per queue (SQLite's writers are serialised already)."""
+    """Serialise dispatching and settling per queue (SQLite's writers are serialised already).
+
+    NO KEY UPDATE does not wait for the key-share locks that inserting items takes on the queue's row.
+    """
     if session.get_bind().dialect.name == "postgresql":
-        session.execute(select(RpaQueue.id).where(RpaQueue.id == queue.id).with_for_update())
+        # key_share without read: FOR NO KEY UPDATE
+        session.execute(select(RpaQueue.id).where(RpaQueue.id == queue.id).with_for_update(key_share=True))
 
 
 def dispatch(ctx: Context, session: Session, queue: RpaQueue) -> int:
