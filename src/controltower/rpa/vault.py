@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import tempfile
 import threading
 from collections.abc import Iterable
 from pathlib import Path
@@ -47,14 +48,23 @@ def key_path(settings: Settings) -> Path:
 
 
 def _read_or_create_key(path: Path) -> bytes:
-    """The key file's key; made on first use with mode 0600 (O_EXCL, so concurrent first uses agree)."""
-    try:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    except FileExistsError:
+    """The key file's key; made on first use with mode 0600.
+
+    The new key is written to a private temporary file and linked into place, which fails if the file
+    exists: concurrent first uses agree on one key, and nobody reads a half-written file.
+    """
+    if path.exists():
         return path.read_bytes().strip()
     key = Fernet.generate_key()
-    with os.fdopen(fd, "wb") as fh:
-        fh.write(key + b"\n")
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".vault-key-")  # mkstemp makes it 0600
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(key + b"\n")
+        os.link(tmp, path)
+    except FileExistsError:
+        return path.read_bytes().strip()
+    finally:
+        os.unlink(tmp)
     return key
 
 
