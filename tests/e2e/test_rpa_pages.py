@@ -246,3 +246,50 @@ def test_queue_counts_items_and_a_dead_item_is_retried(browser, rpa_server, two_
         again = api.get(f"rpa/queues/e2e-invoices/items/{item['id']}")
         assert again["status"] == "in_progress" and again["attempts"] == 1 and len(again["run_ids"]) == 2
         api.post(f"rpa/runs/{again['run_id']}/cancel")
+
+
+def test_schedules_pause_and_the_vault_shows_names_only(browser, rpa_server, two_versions, request):
+    secret_value = "s3cr3t-value-never-shown"
+    with rpa_server.client() as api:
+        api.put("rpa/vault/erp_password", {"value": secret_value, "description": "ERP login"})
+        schedule = api.post("rpa/schedules", {"robot": two_versions, "cron": "0 6 * * mon-fri",
+                                              "timezone": "Europe/Berlin", "labels": ["finance"],
+                                              "secrets": ["erp_password"], "description": "morning invoices"})
+    with open_tab(browser, request.node.name) as tab:
+        page = tab.page
+        log_in(tab, rpa_server.url, *OPERATOR, "/robots/schedules")
+        row = page.get_by_test_id("schedules").get_by_role("row").filter(has_text="morning invoices")
+        row.wait_for()
+        assert "0 6 * * mon-fri" in row.inner_text() and "Europe/Berlin" in row.inner_text()
+        assert re.match(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d", row.locator(f"[data-next='{schedule['id']}']").inner_text())
+        tab.shot("schedules")
+        row.get_by_role("button", name="Pause").click()
+        row.locator(f"[data-next='{schedule['id']}']").get_by_text("paused").wait_for()
+        row.get_by_role("button", name="Resume").wait_for()
+        tab.shot("schedule-paused")
+        with rpa_server.client() as api:
+            assert api.get(f"rpa/schedules/{schedule['id']}")["paused"] is True
+
+        page.goto(f"{rpa_server.url}/robots/vault")
+        page.get_by_test_id("secrets").get_by_role("cell", name="erp_password", exact=True).wait_for()
+        assert "ERP login" in page.get_by_test_id("secrets").inner_text()
+        assert secret_value not in page.content()
+        tab.shot("vault")
+
+        page.goto(f"{rpa_server.url}/robots/{two_versions}")
+        form = page.get_by_test_id("start-run")
+        form.get_by_label("Vault secrets").click()
+        page.get_by_role("option", name="erp_password").click()
+        page.keyboard.press("Escape")
+        form.get_by_label("Target labels").fill("no-such-desktop")
+        form.get_by_test_id("start-button").click()
+        page.wait_for_url(re.compile(r".*/robots/runs/\d+$"))
+        run_id = int(page.url.rsplit("/", 1)[1])
+    with rpa_server.client() as api:
+        run = api.get(f"rpa/runs/{run_id}")
+        assert run["secrets"] == ["erp_password"]
+        api.post(f"rpa/runs/{run_id}/cancel")
+    with open_tab(browser, request.node.name + "-viewer") as tab:
+        log_in(tab, rpa_server.url, *VIEWER, "/robots/schedules")
+        tab.page.get_by_test_id("schedules").get_by_role("row").filter(has_text="morning invoices").wait_for()
+        assert tab.page.get_by_role("button", name="Resume").count() == 0

@@ -13,8 +13,9 @@ from controltower.core import lifecycle
 from controltower.core.auth import Role
 from controltower.core.context import Context
 from controltower.core.db import Database
-from controltower.rpa import robots, ui_data, ui_ops, workitems
+from controltower.rpa import robots, schedules, ui_data, ui_ops, vault, workitems
 from controltower.rpa.archive import pack
+from controltower.rpa.schedule_schemas import ScheduleCreate
 from controltower.rpa.templates import create
 from controltower.rpa.workitems_schemas import ItemCreate, QueueCreate
 from controltower.server import build_context
@@ -81,6 +82,7 @@ def test_rows_show_versions_last_run_and_filter_runs(ctx: Context, tmp_path: Pat
     ({"task": "Nope"}, "task", "robot 'ui-bot' has no task 'Nope'; tasks: Process files"),
     ({"agent_id": 424242}, "agent_id", "no agent with id 424242"),
     ({"version": 9}, "version", "robot 'ui-bot' has no version 9"),
+    ({"secrets": ["erp"]}, "secrets", "no secret named 'erp' in the vault (add with `ctower vault set NAME`)"),
 ])
 def test_start_form_names_the_wrong_field(ctx: Context, tmp_path: Path, form: dict[str, object], field: str,
                                           reason: str) -> None:
@@ -118,3 +120,23 @@ def test_queue_view_counts_items_and_retry_refuses_an_item_in_progress(ctx: Cont
     assert ui_data.queue_view(ctx, "inv", "dead")["items"] == []  # type: ignore[index]
     with pytest.raises(lifecycle.IllegalTransition):
         ui_ops.retry_item(ctx, "inv", item_id)
+
+
+def test_schedule_rows_pause_and_the_vault_rows_hold_no_value(ctx: Context, tmp_path: Path) -> None:
+    _push_two(ctx, tmp_path / "bot")
+    with ctx.db.session() as session:
+        vault.set_secret(session, ctx.settings, "erp_password", "hunter2-value", "ERP login", "t")
+        schedule_id = schedules.create_schedule(session, ScheduleCreate(robot="ui-bot", cron="0 6 * * *",
+                                                                        labels=["finance"]), "t").id
+    [row] = ui_data.schedule_rows(ctx)
+    assert (row["id"], row["cron"], row["timezone"], row["target"], row["paused"]) == (
+        schedule_id, "0 6 * * *", "UTC", "finance", False)
+    assert row["next"].endswith(":00") and row["next"][:4].isdigit()
+    ui_ops.set_paused(ctx, schedule_id, True)
+    assert ui_data.schedule_rows(ctx)[0]["next"] == "paused"
+    secrets = ui_data.secret_rows(ctx)
+    assert [(s["name"], s["description"]) for s in secrets] == [("erp_password", "ERP login")]
+    assert "hunter2-value" not in repr(secrets)
+    run_id = ui_ops.start_run(ctx, HANA, {"robot": "ui-bot", "secrets": ["erp_password"]})
+    found = ui_data.run_view(ctx, run_id, 0)
+    assert found is not None and found[0].secrets == ["erp_password"]

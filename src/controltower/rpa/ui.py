@@ -7,7 +7,7 @@ from fastapi.responses import Response
 from nicegui import run, ui
 
 from controltower.core.context import Context
-from controltower.rpa import ui_data, ui_files, ui_queues, ui_robot, ui_run, ui_runs
+from controltower.rpa import ui_data, ui_files, ui_queues, ui_robot, ui_run, ui_runs, ui_schedules, ui_vault
 from controltower.rpa.ui_nav import link_slot, status_slot, submenu
 from controltower.web import session as web_session
 from controltower.web.areas import page
@@ -56,10 +56,12 @@ def _list_page(ctx: Context) -> None:
 
 
 def register(ctx: Context) -> None:
-    """Every Robots page; called from rpa's setup(ctx). /robots/runs and /robots/queues come before /robots/{name}."""
+    """Every Robots page; called from rpa's setup(ctx). The fixed paths come before /robots/{name}."""
     _list_page(ctx)
     ui_runs.register(ctx)
+    ui_schedules.register(ctx)
     ui_queues.register(ctx)
+    ui_vault.register(ctx)
     ui_run.register(ctx)
     ui_files.register(ctx)
     ui_robot.register(ctx)

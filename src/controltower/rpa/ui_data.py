@@ -10,7 +10,7 @@ from sqlalchemy.orm import Session
 
 from controltower.core.agents import Agent, list_agents
 from controltower.core.context import Context
-from controltower.rpa import robots, runs, workitems
+from controltower.rpa import robots, runs, schedules, vault, workitems
 from controltower.rpa.models import RobotRun
 from controltower.rpa.schemas import RunPublic, VersionDiff
 from controltower.rpa.ui_nav import seconds, when
@@ -55,7 +55,8 @@ def robot_rows(ctx: Context) -> list[dict[str, Any]]:
 
 
 def robot_view(ctx: Context, name: str) -> dict[str, Any] | None:
-    """A robot's versions (with their tasks), recent runs, history, and the agents a run may target."""
+    """A robot's versions (with their tasks), recent runs, history, the agents a run may target and the
+    names of the vault's secrets it may receive."""
     with ctx.db.read_session() as session:
         try:
             robot = robots.get_robot(session, name)
@@ -72,8 +73,9 @@ def robot_view(ctx: Context, name: str) -> dict[str, Any] | None:
         recent = [run_row(runs.run_public(session, r), names)
                   for r in runs.list_runs(session, name, None, RECENT_RUNS)]
         agents = [{"id": a.id, "name": a.name, "labels": list(a.labels or [])} for a in list_agents(session)]
+        secrets = [secret.name for secret in vault.list_secrets(session)]
         return {"name": robot.name, "description": robot.description, "production": robot.production_version,
-                "versions": versions, "history": history, "runs": recent, "agents": agents}
+                "versions": versions, "history": history, "runs": recent, "agents": agents, "secrets": secrets}
 
 
 def version_diff(ctx: Context, name: str, a: int, b: int) -> VersionDiff:
@@ -135,3 +137,26 @@ def _short(value: Any, limit: int = 200) -> str:
         return ""
     text = json.dumps(value, ensure_ascii=False)
     return text if len(text) <= limit else text[:limit] + "…"
+
+
+def schedule_rows(ctx: Context) -> list[dict[str, Any]]:
+    """Every schedule with its next fire time (in the viewer's zone here, the cron's own zone is shown too)."""
+    with ctx.db.read_session() as session:
+        names = agent_names(session)
+        rows = []
+        for row in schedules.list_schedules(session):
+            item = schedules.public(row)
+            target = ", ".join(item.labels) or (agent_name(names, item.agent_id) if item.agent_id else "any agent")
+            rows.append({"id": item.id, "robot": item.robot, "task": item.task or "(first)", "cron": item.cron,
+                         "timezone": item.timezone, "next": "paused" if item.paused else when(item.next_fire_at),
+                         "paused": item.paused, "target": target, "last": when(item.last_fire_at),
+                         "last_run_id": item.last_run_id or "", "error": item.last_error or "", "fires": item.fires,
+                         "description": item.description})
+        return rows
+
+
+def secret_rows(ctx: Context) -> list[dict[str, str]]:
+    """Names and descriptions only: a value never leaves the vault for a page."""
+    with ctx.db.read_session() as session:
+        return [{"name": s.name, "description": s.description, "updated": when(s.updated_at), "by": s.updated_by}
+                for s in vault.list_secrets(session)]

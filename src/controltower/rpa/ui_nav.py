@@ -15,7 +15,8 @@ RUN_COLORS_JS = "{" + ", ".join(f"{k}: '{v}'" for k, v in RUN_COLORS.items()) + 
 
 def submenu(active: str) -> None:
     with ui.row().classes("gap-2"):
-        for label, path in (("Robots", "/robots"), ("Runs", "/robots/runs"), ("Queues", "/robots/queues")):
+        for label, path in (("Robots", "/robots"), ("Runs", "/robots/runs"), ("Schedules", "/robots/schedules"),
+                            ("Queues", "/robots/queues"), ("Vault", "/robots/vault")):
             ui.link(label, path).classes(
                 "px-3 py-1 rounded no-underline " + ("bg-primary text-white" if path == active else "border")
             )

@@ -8,7 +8,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from controltower.core.context import Context
-from controltower.rpa import robots, runs, workitems
+from controltower.rpa import robots, runs, schedules, vault, workitems
 from controltower.rpa.schemas import RunCreate
 from controltower.rpa.workitems_schemas import ItemRetry
 from controltower.web.session import WebUser
@@ -43,6 +43,11 @@ def cancel(ctx: Context, run_id: int) -> None:
         runs.cancel(ctx, session, runs.get_run(session, run_id))
 
 
+def set_paused(ctx: Context, schedule_id: int, paused: bool) -> None:
+    with ctx.db.session() as session:
+        schedules.set_paused(session, schedules.get_schedule(session, schedule_id), paused)
+
+
 def retry_item(ctx: Context, queue_name: str, item_id: int) -> None:
     """A dead or waiting item back to pending with fresh attempts, as POST .../items/{id}/retry does."""
     with ctx.db.session() as session:
@@ -74,7 +79,7 @@ def run_body(form: dict[str, Any]) -> RunCreate:
     try:
         return RunCreate(robot=form["robot"], task=form.get("task"), version=form.get("version"), labels=labels,
                          agent_id=form.get("agent_id"), variables=_variables(form.get("variables") or ""),
-                         input=data)
+                         input=data, secrets=list(form.get("secrets") or []))
     except ValidationError as exc:
         err = exc.errors()[0]
         raise FormError(str(err["loc"][0]) if err["loc"] else "robot", err["msg"]) from None
@@ -86,7 +91,7 @@ def start_run(ctx: Context, user: WebUser, form: dict[str, Any]) -> int:
     try:
         with ctx.db.session() as session:
             return runs.start_run(ctx, session, body, actor(user)).id
-    except runs.RunRefused as exc:
+    except (runs.RunRefused, vault.UnknownSecrets) as exc:
         field, _, reason = str(exc).partition(": ")
         raise FormError(field, reason) from None
     except robots.RobotNotFound as exc:

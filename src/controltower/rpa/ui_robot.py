@@ -88,12 +88,13 @@ def register(ctx: Context) -> None:
             shown: dict[str, Any] = {"form": None}
 
             def show(data: dict[str, Any]) -> None:
-                form_key = ([v["number"] for v in data["versions"]], data["production"], data["agents"])
+                form_key = ([v["number"] for v in data["versions"]], data["production"], data["agents"],
+                            data["secrets"])
                 if can_act and form_key != shown["form"]:  # the form offers the versions as they are now
                     shown["form"] = form_key
                     start_box.clear()
                     with start_box:
-                        start_card(ctx, name, data["versions"], data["production"], data["agents"])
+                        start_card(ctx, name, data)
                 production.set_text(f"production v{data['production']}" if data["production"]
                                     else "no production version")
                 production.props(f"color={'positive' if data['production'] else 'grey'}")

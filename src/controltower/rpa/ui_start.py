@@ -1,4 +1,4 @@
-"""The robot page's start-run form: version, task, target label or agent, variables and JSON input."""
+"""The robot page's start-run form: version, task, target label or agent, variables, JSON input, vault secrets."""
 
 from __future__ import annotations
 
@@ -15,9 +15,12 @@ from controltower.web.layout import notify_error
 ANY_AGENT = 0
 
 
-def start_card(ctx: Context, name: str, versions: list[dict[str, Any]], production: int | None,
-               agents: list[dict[str, Any]]) -> None:
-    """Starting jumps to the new run's page; a wrong field shows its reason next to it."""
+def start_card(ctx: Context, name: str, view: dict[str, Any]) -> None:
+    """Starting jumps to the new run's page; a wrong field shows its reason next to it.
+
+    `view` is ui_data.robot_view's: the versions with their tasks, the agents and the vault's secret names.
+    """
+    versions, production, agents = view["versions"], view["production"], view["agents"]
     tasks_of = {v["number"]: v["tasks"] for v in versions}
     with ui.card().classes("w-full").props("data-testid=start-run"):
         ui.label("Start a run").classes("font-bold")
@@ -33,9 +36,11 @@ def start_card(ctx: Context, name: str, versions: list[dict[str, Any]], producti
         with ui.row().classes("w-full gap-3 items-start"):
             variables = ui.textarea("Variables", placeholder="NAME=value, one per line").classes("flex-1 min-w-60")
             data = ui.textarea("JSON input", placeholder='{"invoice": 42}').classes("flex-1 min-w-60")
+            secrets = ui.select(view["secrets"], multiple=True, value=[], label="Vault secrets").classes(
+                "w-64").props("use-chips")
         start = ui.button("Start run", icon="play_arrow").props("data-testid=start-button")
     fields = {"version": version, "task": task, "labels": labels, "agent_id": agent, "variables": variables,
-              "input": data}
+              "input": data, "secrets": secrets}
 
     def pick_tasks() -> None:
         names = tasks_of.get(version.value, [])
@@ -45,7 +50,8 @@ def start_card(ctx: Context, name: str, versions: list[dict[str, Any]], producti
         for field in fields.values():
             field.error = None
         form = {"robot": name, "version": version.value, "task": task.value, "labels": labels.value,
-                "agent_id": agent.value or None, "variables": variables.value, "input": data.value}
+                "agent_id": agent.value or None, "variables": variables.value, "input": data.value,
+                "secrets": secrets.value or []}
         try:
             user = web_session.require(ctx, Role.operator)
             run_id = await run.io_bound(ui_ops.start_run, ctx, user, form)
