@@ -111,6 +111,30 @@ def test_commands_round_trip_and_offline_queue(srv: RunningServer) -> None:
     client.close()
 
 
+def test_subscribers_get_what_they_match_and_nobody_else_s_retained_messages(srv: RunningServer) -> None:
+    a, b = _new_device(srv, "retained-a"), _new_device(srv, "retained-b")
+    port = _mqtt_port(srv)
+    b_client = DeviceClient(port, b["id"], b["token"]).connect()
+    b_client.client.publish(f"ct/d/{b['id']}/status", b"online", qos=1, retain=True).wait_for_publish(10)
+    b_client.subscribe(f"ct/d/{b['id']}/#")
+    # a wildcard subscriber still gets a device's telemetry (the broker skips only unheard messages)
+    b_client.publish("telemetry", json.dumps({"values": {"t": 1.0}}).encode())
+    wait_for(lambda: b_client.messages(f"ct/d/{b['id']}/telemetry"), message="own telemetry echoed")
+    a_client = DeviceClient(port, a["id"], a["token"]).connect()
+    a_client.client.publish(f"ct/d/{a['id']}/status", b"online", qos=1, retain=True).wait_for_publish(10)
+    a_client.subscribe(f"ct/d/{a['id']}/#")
+    wait_for(lambda: a_client.messages(f"ct/d/{a['id']}/status"), message="own retained status")
+    a_client.close()
+    again = DeviceClient(port, a["id"], a["token"]).connect()  # a fresh connection of A
+    again.subscribe(f"ct/d/{a['id']}/commands")
+    with srv.client() as admin:
+        admin.post(f"devices/{a['id']}/commands", {"name": "ping", "one_way": True})
+    wait_for(lambda: again.messages(f"ct/d/{a['id']}/commands"), message="command after the probe")
+    assert [m.topic for m in again.received if not m.topic.startswith(f"ct/d/{a['id']}/")] == []
+    again.close()
+    b_client.close()
+
+
 def test_revoking_the_token_closes_the_live_session(srv: RunningServer) -> None:
     dev = _new_device(srv, "revoked-dev")
     client = DeviceClient(_mqtt_port(srv), dev["id"], dev["token"]).connect()

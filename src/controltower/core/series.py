@@ -92,6 +92,11 @@ class SeriesStore:
         self.settings = settings
         self._writer = SeriesWriter()
 
+    def check(self, samples: Iterable[Sample | RawSample]) -> None:
+        """Validate without writing (SeriesError names the bad sample), e.g. to refuse one message of many
+        whose samples are then written together."""
+        self._writer.prepare(samples)
+
     def write(self, samples: Iterable[Sample | RawSample], session: Session | None = None) -> int:
         """Store samples; all are validated before any is written. Returns how many were stored.
 

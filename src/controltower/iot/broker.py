@@ -79,6 +79,61 @@ def _filter_matches(topic_filter: str, topic: str) -> bool:
     return len(f_parts) == len(t_parts)
 
 
+class FleetBroker(Broker):
+    """amqtt's broker, made to scale with the number of devices.
+
+    amqtt matches every published message against every subscription, and on each connect offers the
+    retained messages of every subscription of every client to the newcomer: with a thousand devices,
+    each subscribed to its own commands, both dominate. Here a message nobody subscribed to (all device
+    telemetry) skips the broadcast, found with a set of exact filters plus the few wildcard ones; and a
+    connecting client is offered retained messages only for its own subscriptions (amqtt's loop also
+    showed one device's retained status to another whose filter matched it).
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._exact_filters: set[str] = set()
+        self._wildcard_filters: set[str] = set()
+
+    async def add_subscription(self, subscription: tuple[str, int], session: Session) -> int:
+        code = await super().add_subscription(subscription, session)
+        topic_filter = subscription[0]
+        if self._subscriptions.get(topic_filter):
+            self._index(topic_filter).add(topic_filter)
+        return code
+
+    def _del_subscription(self, a_filter: str, session: Session) -> int:
+        deleted = super()._del_subscription(a_filter, session)
+        if not self._subscriptions.get(a_filter):
+            self._index(a_filter).discard(a_filter)
+        return deleted
+
+    def _index(self, topic_filter: str) -> set[str]:
+        wildcard = "+" in topic_filter or "#" in topic_filter
+        return self._wildcard_filters if wildcard else self._exact_filters
+
+    def _has_subscriber(self, topic: str) -> bool:
+        return topic in self._exact_filters or any(self._matches(topic, f) for f in list(self._wildcard_filters))
+
+    async def _broadcast_message(
+        self, session: Session | None, topic: str | None, data: bytes | bytearray | None,
+        force_qos: int | None = None,
+    ) -> None:
+        if topic is not None and not self._has_subscriber(topic):
+            return
+        await super()._broadcast_message(session, topic, data, force_qos)
+
+    async def _publish_retained_messages_for_subscription(
+        self, subscription: tuple[str, int], session: Session
+    ) -> None:
+        topic_filter = subscription[0]
+        if not any(s.client_id == session.client_id for s, _ in self._subscriptions.get(topic_filter, ())):
+            return
+        if topic_filter in self._exact_filters and topic_filter not in self._retained_messages:
+            return
+        await super()._publish_retained_messages_for_subscription(subscription, session)
+
+
 class EmbeddedBroker:
     """amqtt on CT_MQTT_HOST:CT_MQTT_PORT in the server's event loop."""
 
@@ -99,7 +154,9 @@ class EmbeddedBroker:
 
     async def start(self) -> None:
         self._loop = asyncio.get_running_loop()
-        self._broker = Broker(self.config())
+        for noisy in ("transitions", "amqtt"):  # a log line per session state change, at INFO
+            logging.getLogger(noisy).setLevel(logging.WARNING)
+        self._broker = FleetBroker(self.config())
         await self._broker.start()
         log.warning("MQTT broker listening on %s:%d", self.host, self.port)
 

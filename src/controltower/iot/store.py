@@ -10,6 +10,7 @@ from sqlalchemy.orm import Session
 
 from controltower.core.context import Context
 from controltower.core.db import utcnow
+from controltower.core.series import RawSample
 from controltower.iot.models import AttributeHistory, Command, Device, DeviceAttribute, DeviceFile
 from controltower.iot.payloads import Reading, Rejected, series_name
 
@@ -32,15 +33,23 @@ def store_attributes(session: Session, device_id: str, values: dict[str, Any], t
     return len(values)
 
 
-def store_readings(ctx: Context, session: Session, device_id: str, readings: list[Reading]) -> tuple[int, int]:
-    """Numbers -> series `iot.<key>{device=<id>}`; strings / JSON -> attributes. Returns (numbers, attributes)."""
+def store_readings(
+    ctx: Context, session: Session, device_id: str, readings: list[Reading], batch: list[RawSample] | None = None
+) -> tuple[int, int]:
+    """Numbers -> series `iot.<key>{device=<id>}`; strings / JSON -> attributes. Returns (numbers, attributes).
+
+    With `batch`, the numbers are checked now and appended to it, for one series write per batch of messages."""
     labels = {"device": device_id}
     samples = [
         (series_name(key), labels, r.ts, value) for r in readings for key, value in r.numbers.items()
     ]
     if samples:
         try:
-            ctx.series.write(samples, session=session)
+            if batch is None:
+                ctx.series.write(samples, session=session)
+            else:
+                ctx.series.check(samples)
+                batch.extend(samples)
         except ValueError as exc:  # SeriesError names the sample
             raise Rejected("invalid", f"values: {exc}") from None
     attrs = 0
