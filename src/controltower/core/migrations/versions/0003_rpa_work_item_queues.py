@@ -9,7 +9,7 @@ from collections.abc import Sequence
 import sqlalchemy as sa
 from alembic import op
 
-import controltower.core.db  # noqa: F401
+import controltower.core.db
 
 revision: str = "0003"
 down_revision: str | None = "0002"
