@@ -191,6 +191,15 @@ def test_values_go_only_to_the_agent_holding_the_running_run(srv: RunningServer,
             holder = ask(agent)
             other = ask(bystander)
             as_viewer, as_admin = ask(viewer), ask(srv.token)
+            # An agent that forgot to mask: the server masks on ingest too.
+            as_agent = {"Authorization": f"Bearer {agent}"}
+            base = f"{srv.url}/api/v1/rpa/runs/{run['id']}"
+            assert httpx.post(f"{base}/log", json={"lines": [f"unmasked {SECRET}!"]}, headers=as_agent,
+                              timeout=30).status_code == 200
+            assert httpx.put(f"{base}/files/artifacts/raw.txt", content=f"raw {SECRET}".encode(), headers=as_agent,
+                             timeout=30).status_code == 200
+            ingested = [line["line"] for line in client.get(f"rpa/runs/{run['id']}/log")]
+            raw_file = client.http.get(f"/api/v1/rpa/runs/{run['id']}/files/artifacts/raw.txt").text
             client.post(f"rpa/runs/{run['id']}/cancel")
             _finished(client, run["id"])
             after = ask(agent)
@@ -202,6 +211,7 @@ def test_values_go_only_to_the_agent_holding_the_running_run(srv: RunningServer,
     assert other.status_code == 403 and "is not leased to agent" in other.json()["detail"]
     assert as_viewer.status_code == 403 and as_admin.status_code == 403  # people never read values
     assert after.status_code in (403, 409) and SECRET not in after.text
+    assert "unmasked ***!" in ingested and raw_file == "raw ***"
 
 
 def test_people_manage_names_but_never_read_values(srv: RunningServer) -> None:
