@@ -294,16 +294,29 @@ def test_ct_vault_key_encrypts_and_decrypts_what_is_stored(backend: str, tmp_pat
         logs = server.logs()
     finally:
         server.stop()
-    engine = create_engine(url)
-    with engine.connect() as conn:
-        stored = conn.execute(text("SELECT ciphertext FROM rpa_vault_secrets WHERE name = 'erp_password'")).scalar()
-    engine.dispose()
+
+    def stored() -> str:
+        engine = create_engine(url)
+        with engine.connect() as conn:
+            value = conn.execute(text("SELECT ciphertext FROM rpa_vault_secrets WHERE name = 'erp_password'")).scalar()
+        engine.dispose()
+        return value
+
     assert not (tmp_path / "data" / "vault.key").exists()
-    assert Fernet(key.encode()).decrypt(stored.encode()).decode() == SECRET
+    assert Fernet(key.encode()).decrypt(stored().encode()).decode() == SECRET
     assert key not in logs and SECRET not in logs
-    # A rotated key list (new key first) still reads what the old key wrote.
-    rotated = Settings(data_dir=tmp_path / "data", vault_key=f"{Fernet.generate_key().decode()},{key}")
-    assert vault.cipher(rotated).decrypt(stored.encode()).decode() == SECRET
+    # Rotation: the new key first, the old one still listed; `ctower vault rotate` re-encrypts with the new one.
+    new_key = Fernet.generate_key().decode()
+    server.env["CT_VAULT_KEY"] = f"{new_key},{key}"
+    server.start()
+    try:
+        rotated = subprocess.run([sys.executable, "-m", "controltower", "vault", "rotate"], capture_output=True,
+                                 text=True, env={**os.environ, "CT_SERVER": server.url, "CT_TOKEN": server.token},
+                                 timeout=60, check=False)
+    finally:
+        server.stop()
+    assert rotated.returncode == 0 and "re-encrypted 1 secret(s)" in rotated.stdout, rotated.stderr
+    assert Fernet(new_key.encode()).decrypt(stored().encode()).decode() == SECRET
 
 
 def test_a_malformed_vault_key_is_a_clear_error(tmp_path: Path) -> None:

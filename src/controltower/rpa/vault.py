@@ -187,3 +187,17 @@ def run_masker(session: Session, settings: Settings, run: RobotRun) -> Masker:
             except InvalidToken:
                 continue
         return Masker(values)
+
+
+def rotate(session: Session, settings: Settings) -> int:
+    """Re-encrypt every secret with the first key of CT_VAULT_KEY, so older keys can be dropped; how many."""
+    box = cipher(settings)
+    rows = list(session.scalars(select(VaultSecret)))
+    for row in rows:
+        try:
+            row.ciphertext = box.rotate(row.ciphertext.encode()).decode()
+        except InvalidToken:
+            raise VaultKeyError(f"secret {row.name!r} cannot be decrypted with any key of the vault "
+                                f"(was CT_VAULT_KEY or {KEY_FILE} changed?)") from None
+    session.flush()
+    return len(rows)

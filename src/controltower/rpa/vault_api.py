@@ -7,7 +7,7 @@ import datetime as dt
 from fastapi import APIRouter, HTTPException, Response, status
 from pydantic import BaseModel, Field, SecretStr
 
-from controltower.core.auth import AgentPrincipal, Operator, Principal, Viewer
+from controltower.core.auth import Admin, AgentPrincipal, Operator, Principal, Viewer
 from controltower.core.deps import CtxDep, SessionDep
 from controltower.rpa import runs, vault
 from controltower.rpa.models import VaultSecret
@@ -86,6 +86,19 @@ def delete_secret(name: str, ctx: CtxDep, session: SessionDep, principal: Operat
                        session=session)
     session.commit()
     return Response(status_code=status.HTTP_204_NO_CONTENT)
+
+
+@router.post("/vault/rotate")
+def rotate(ctx: CtxDep, session: SessionDep, principal: Admin) -> dict[str, int]:
+    """Re-encrypt every secret with the first key of CT_VAULT_KEY (all or none), so older keys can go."""
+    try:
+        count = vault.rotate(session, ctx.settings)
+    except vault.VaultKeyError as exc:
+        raise HTTPException(status.HTTP_409_CONFLICT, detail=str(exc)) from exc
+    ctx.events.publish("rpa.vault.changed", {"name": None, "action": "rotated", "by": _actor(principal),
+                                             "count": count}, session=session)
+    session.commit()
+    return {"rotated": count}
 
 
 @router.get("/runs/{run_id}/secrets")

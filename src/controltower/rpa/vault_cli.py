@@ -94,3 +94,11 @@ def local_secret_values(names: list[str]) -> dict[str, str]:
             err_console.print(f"[red]secret {name}: set {env_name(name)} or run in a terminal to be asked[/red]")
             raise typer.Exit(2)
     return values
+
+
+@vault_app.command("rotate")
+def rotate(server: ServerOpt = DEFAULT_SERVER, token: TokenOpt = None) -> None:
+    """Re-encrypt every secret with the first key of the server's CT_VAULT_KEY, after which older keys can go."""
+    with client_from(server, token) as client:
+        result = call(client.post, "rpa/vault/rotate")
+    typer.echo(f"re-encrypted {result['rotated']} secret(s) with the current key")
