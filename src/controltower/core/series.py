@@ -129,7 +129,7 @@ class SeriesStore:
         one point at its start (valued by `agg`) and a raw sample is itself (`count` gives 1); with `step`,
         points are aggregated into step-aligned buckets (epoch multiples of `step`).
         """
-        with self.db.session() as session:
+        with self.db.read_session() as session:  # never queues behind (or blocks) writers
             return run_query(session.connection(), name, labels, start, end, step, agg, resolution)
 
     def latest(
@@ -140,7 +140,7 @@ class SeriesStore:
             SeriesLatest, SeriesLatest.series_id == Series.id
         )
         stmt = self._filter(stmt, name, name_prefix).order_by(Series.key)
-        with self.db.session() as session:
+        with self.db.read_session() as session:
             rows = session.execute(stmt).all()
         return [
             LatestSample(n, lab or {}, ts, v) for n, lab, ts, v in rows if labels_match(lab or {}, labels)
@@ -153,7 +153,7 @@ class SeriesStore:
             SeriesLatest, SeriesLatest.series_id == Series.id
         )
         stmt = self._filter(stmt, name, name_prefix).order_by(Series.key)
-        with self.db.session() as session:
+        with self.db.read_session() as session:
             rows = session.execute(stmt).all()
         return [
             SeriesInfo(n, lab or {}, k, ts, v) for n, lab, k, ts, v in rows if labels_match(lab or {}, labels)
