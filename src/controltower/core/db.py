@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import datetime as dt
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from alembic import command
 from alembic.config import Config
@@ -15,6 +15,10 @@ from sqlalchemy import DateTime, Engine, MetaData, create_engine, event, text
 from sqlalchemy.engine import Dialect
 from sqlalchemy.orm import DeclarativeBase, Session, sessionmaker
 from sqlalchemy.types import TypeDecorator
+
+from controltower.core.group_commit import GroupCommitter
+
+T = TypeVar("T")
 
 MIGRATIONS_DIR = Path(__file__).with_name("migrations")
 READ_ONLY_OPTION = "ctower_read_only"
@@ -138,6 +142,7 @@ class Database:
         if self.engine.dialect.name == "sqlite":
             _sqlite_tuning(self.engine)
         self.sessionmaker = sessionmaker(self.engine, expire_on_commit=False)
+        self._group = GroupCommitter(self) if self.engine.dialect.name == "sqlite" else None
         self.read_sessionmaker = sessionmaker(
             self.engine.execution_options(**{READ_ONLY_OPTION: True}), expire_on_commit=False
         )
@@ -158,6 +163,17 @@ class Database:
             raise
         finally:
             session.close()
+
+    def write(self, job: Callable[[Session], T]) -> T:
+        """`job(session)` in a write transaction, committed before this returns; its result or its exception.
+
+        On SQLite the transaction may be shared with other callers' jobs (group commit, one writer thread:
+        see core/group_commit.py); on PostgreSQL, whose writers run side by side, it is the caller's own.
+        """
+        if self._group is not None:
+            return self._group.run(job)
+        with self.session() as session:
+            return job(session)
 
     @contextmanager
     def read_session(self) -> Iterator[Session]:
@@ -191,4 +207,6 @@ class Database:
         command.upgrade(self.alembic_config(), "head")
 
     def dispose(self) -> None:
+        if self._group is not None:
+            self._group.stop()
         self.engine.dispose()

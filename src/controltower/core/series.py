@@ -30,6 +30,7 @@ from controltower.core.series_query import (
 from controltower.core.series_rollup import delete_older, retention_chunks, rollup, series_ids
 from controltower.core.series_write import (
     NAME_PATTERN,
+    PreparedSamples,
     RawSample,
     Sample,
     SeriesError,
@@ -46,6 +47,7 @@ __all__ = [
     "RESOLUTIONS",
     "Agg",
     "LatestSample",
+    "PreparedSamples",
     "RawSample",
     "Resolution",
     "Rollup1h",
@@ -91,6 +93,14 @@ class SeriesStore:
         self.db = db
         self.settings = settings
         self._writer = SeriesWriter()
+
+    def prepare(self, samples: Iterable[Sample | RawSample]) -> PreparedSamples:
+        """Validate (SeriesError names the bad sample) and ready samples for `store`, outside any transaction."""
+        return self._writer.prepare(samples, for_sqlite=self.db.dialect == "sqlite")
+
+    def store(self, session: Session, prepared: PreparedSamples) -> int:
+        """Insert prepared samples in `session`'s transaction (the caller commits); how many."""
+        return self._writer.store(session, prepared) if prepared.slots else 0
 
     def check(self, samples: Iterable[Sample | RawSample]) -> None:
         """Validate without writing (SeriesError names the bad sample), e.g. to refuse one message of many

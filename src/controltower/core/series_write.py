@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import functools
 import math
 import re
 from collections.abc import Iterable
+from itertools import chain
 from typing import Any, NamedTuple
 
-import orjson
 from sqlalchemy import Connection, event, select, text
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
@@ -24,6 +25,28 @@ MAX_KEY_LEN = 2048
 MAX_TS = 1e11
 ROLLUP_LOCK_ID = 0x5E41E5  # PostgreSQL advisory lock: writers share it, the rollup takes it alone
 _CHUNK = 500  # keys per IN (...) lookup
+_SQLITE_ROWS_PER_STATEMENT = 10_000  # 3 parameters each; SQLite allows 32,766 per statement
+
+
+@functools.lru_cache(maxsize=64)
+def _insert_samples_sql(rows: int) -> str:
+    values = ",".join(("(?,?,?)",) * rows)
+    return (f"INSERT INTO samples (series_id, ts, value) SELECT * FROM (VALUES {values}) WHERE true "
+            "ON CONFLICT (series_id, ts) DO UPDATE SET value = excluded.value")
+
+
+@functools.lru_cache(maxsize=64)
+def _upsert_latest_sql(rows: int) -> str:
+    values = ",".join(("(?,?,?)",) * rows)
+    return (f"INSERT INTO series_latest (series_id, ts, value) SELECT * FROM (VALUES {values}) WHERE true "
+            "ON CONFLICT (series_id) DO UPDATE SET ts = excluded.ts, value = excluded.value "
+            "WHERE excluded.ts >= series_latest.ts")
+
+
+_MOVE_WATERMARKS = text(
+    "UPDATE series_rollup_state SET watermark = CASE resolution WHEN '1m' THEN :m ELSE :h END "
+    "WHERE (resolution = '1m' AND watermark > :m) OR (resolution = '1h' AND watermark > :h)"
+)
 
 
 class Sample(NamedTuple):
@@ -91,12 +114,17 @@ def _number(value: Any, field: str) -> float:
         raise SeriesError(field, "number is too large") from None
 
 
-class _Prepared(NamedTuple):
+class PreparedSamples(NamedTuple):
+    """A validated batch, ready to insert."""
+
     keys: list[str]  # distinct series keys in this batch
     meta: dict[int, tuple[str, dict[str, str]]]  # (name, labels) of the keys not yet in the id cache
     slots: list[int]  # per sample: index into keys
     ts: list[float]
     values: list[float]
+    # For SQLite, when every series id was cached: the insert's parameters, built before any transaction
+    # so that the writer holding SQLite's lock only executes them.
+    sqlite_params: tuple[list[float], list[float], int] | None = None
 
 
 def _row_key(row: tuple[int, float, float]) -> tuple[int, float]:
@@ -116,7 +144,7 @@ class SeriesWriter:
 
     # -- validation (no database)
 
-    def prepare(self, samples: Iterable[Sample | RawSample]) -> _Prepared:
+    def prepare(self, samples: Iterable[Sample | RawSample], *, for_sqlite: bool = False) -> PreparedSamples:
         """Validate every sample before anything is written; raise SeriesError naming the first bad field."""
         known = self._keys
         cached = self._ids  # only grows, so a key cached now is still cached when the batch is stored
@@ -165,14 +193,23 @@ class SeriesWriter:
             slots.append(slot)
             tss.append(ts)
             values.append(value)
-        return _Prepared(keys, meta, slots, tss, values)
+        batch = PreparedSamples(keys, meta, slots, tss, values)
+        if for_sqlite and slots and not meta:
+            ids = [cached[k] for k in keys]
+            batch = batch._replace(sqlite_params=self._sqlite_params(batch, ids, self._newest(batch, ids)))
+        return batch
 
     # -- storage
 
-    def store(self, session: Session, batch: _Prepared) -> int:
+    def store(self, session: Session, batch: PreparedSamples) -> int:
         """Insert a prepared batch in `session`'s transaction; the caller commits."""
         if not batch.slots:
             return 0
+        if batch.sqlite_params is not None:
+            conn = session.connection()
+            written = self._store_sqlite(conn, *batch.sqlite_params)
+            self._move_watermarks(conn, min(batch.ts))
+            return written
         ids = [self._ids.get(k, 0) for k in batch.keys]
         if not all(ids):  # new series: creating them starts the transaction (SQLite's write lock) here
             ids = self._resolve(session, session.connection(), batch)
@@ -185,55 +222,44 @@ class SeriesWriter:
             params = self._sqlite_params(batch, ids, newest)
             conn = session.connection()
             written = self._store_sqlite(conn, *params)
-        # Data behind a rollup watermark makes rolled-up buckets stale: move the watermarks back, so
-        # queries read finer data there and the next rollup recomputes those buckets.
-        first = min(batch.ts)
-        conn.execute(
-            text(
-                "UPDATE series_rollup_state SET watermark = CASE resolution WHEN '1m' THEN :m ELSE :h END "
-                "WHERE (resolution = '1m' AND watermark > :m) OR (resolution = '1h' AND watermark > :h)"
-            ),
-            {"m": first - first % 60, "h": first - first % 3600},
-        )
+        self._move_watermarks(conn, min(batch.ts))
         return written
 
     @staticmethod
+    def _move_watermarks(conn: Connection, first: float) -> None:
+        """Data behind a rollup watermark makes rolled-up buckets stale: move the watermarks back, so
+        queries read finer data there and the next rollup recomputes those buckets."""
+        conn.execute(_MOVE_WATERMARKS, {"m": first - first % 60, "h": first - first % 3600})
+
+    @staticmethod
     def _sqlite_params(
-        batch: _Prepared, ids: list[int], newest: list[tuple[float, float, int]]
-    ) -> tuple[str, str, int]:
-        """The batch's rows and newest values as JSON arrays, sorted by key."""
+        batch: PreparedSamples, ids: list[int], newest: list[tuple[float, float, int]]
+    ) -> tuple[list[float], list[float], int]:
+        """The batch's rows and newest values, sorted by key and flattened into bind parameters."""
         rows = [(ids[s], t, v) for s, t, v in zip(batch.slots, batch.ts, batch.values, strict=True)]
         # In key order, consecutive rows land on the same B-tree pages; for a batch spread over many
         # series that is fewer page reads and splits. A repeated (series, ts) keeps its last value
         # because the sort is stable.
         rows.sort(key=_row_key)
         newest.sort(key=_newest_key)
-        # orjson: the stdlib encoder's float repr was the largest single cost of the whole request.
-        return orjson.dumps(rows).decode(), orjson.dumps(newest).decode(), len(rows)
+        latest = [(sid, ts, value) for ts, value, sid in newest]
+        return list(chain.from_iterable(rows)), list(chain.from_iterable(latest)), len(rows)
 
     @staticmethod
-    def _store_sqlite(conn: Connection, rows_json: str, newest_json: str, count: int) -> int:
-        # The batch goes in as one JSON array that SQLite unpacks itself (json_each, in array order, so a
-        # repeated key keeps its last value): one statement runs in C without the GIL, where an
-        # executemany binds each row in Python and retakes the GIL a thousand times.
-        conn.exec_driver_sql(
-            "INSERT INTO samples (series_id, ts, value) "
-            "SELECT r.value ->> 0, r.value ->> 1, r.value ->> 2 FROM json_each(?) AS r WHERE true "
-            "ON CONFLICT (series_id, ts) DO UPDATE SET value = excluded.value",
-            (rows_json,),
-        )
-        conn.exec_driver_sql(
-            "INSERT INTO series_latest (series_id, ts, value) "
-            "SELECT r.value ->> 2, r.value ->> 0, r.value ->> 1 FROM json_each(?) AS r WHERE true "
-            "ON CONFLICT (series_id) DO UPDATE SET ts = excluded.ts, value = excluded.value "
-            "WHERE excluded.ts >= series_latest.ts",
-            (newest_json,),
-        )
+    def _store_sqlite(conn: Connection, rows: list[float], latest: list[float], count: int) -> int:
+        # Many rows per statement, their values bound in C from one flat sequence: no per-row round trip
+        # through Python (as executemany makes) and no JSON for SQLite to parse (as json_each would).
+        for start in range(0, len(rows), _SQLITE_ROWS_PER_STATEMENT * 3):
+            chunk = rows[start : start + _SQLITE_ROWS_PER_STATEMENT * 3]
+            conn.exec_driver_sql(_insert_samples_sql(len(chunk) // 3), tuple(chunk))
+        for start in range(0, len(latest), _SQLITE_ROWS_PER_STATEMENT * 3):
+            chunk = latest[start : start + _SQLITE_ROWS_PER_STATEMENT * 3]
+            conn.exec_driver_sql(_upsert_latest_sql(len(chunk) // 3), tuple(chunk))
         return count
 
     @staticmethod
     def _store_postgres(
-        conn: Connection, batch: _Prepared, ids: list[int], newest: list[tuple[float, float, int]]
+        conn: Connection, batch: PreparedSamples, ids: list[int], newest: list[tuple[float, float, int]]
     ) -> int:
         # One statement over arrays is far faster than a per-row executemany; a statement may not
         # touch a row twice, so a repeated (series, ts) keeps its last value, as sequential writes would.
@@ -255,7 +281,7 @@ class SeriesWriter:
         return len(batch.slots)
 
     @staticmethod
-    def _newest(batch: _Prepared, ids: list[int]) -> list[tuple[float, float, int]]:
+    def _newest(batch: PreparedSamples, ids: list[int]) -> list[tuple[float, float, int]]:
         best_ts = [-1.0] * len(batch.keys)
         best_val = [0.0] * len(batch.keys)
         for s, t, v in zip(batch.slots, batch.ts, batch.values, strict=True):
@@ -264,7 +290,7 @@ class SeriesWriter:
                 best_val[s] = v
         return [(best_ts[s], best_val[s], ids[s]) for s in range(len(batch.keys))]
 
-    def _resolve(self, session: Session, conn: Connection, batch: _Prepared) -> list[int]:
+    def _resolve(self, session: Session, conn: Connection, batch: PreparedSamples) -> list[int]:
         """Series id per distinct key; missing series are created (insert-or-ignore, then select)."""
         cache = self._ids
         ids = [cache.get(k, 0) for k in batch.keys]

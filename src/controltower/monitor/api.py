@@ -59,18 +59,17 @@ async def read_push(request: Request) -> MetricsPush:
     },
 )
 def push_metrics(
-    body: Annotated[MetricsPush, Depends(read_push)], ctx: CtxDep, session: SessionDep, principal: AgentPrincipal
+    body: Annotated[MetricsPush, Depends(read_push)], ctx: CtxDep, principal: AgentPrincipal
 ) -> MetricsAccepted:
     """An agent's collector pushes one interval of samples; the `host` label is always the agent's name."""
     try:
-        host_name, _ = hosts.ingest_metrics(ctx, session, int(principal.subject_id), body)
+        host_name, _ = hosts.receive_metrics(ctx, int(principal.subject_id), body)
     except SeriesError as exc:
         raise HTTPException(
             status.HTTP_422_UNPROCESSABLE_CONTENT, detail=f"{exc.field}: {exc.reason}"
         ) from None
     except hosts.AgentGone as exc:
         raise _not_found(exc) from None
-    session.commit()
     return MetricsAccepted(host=host_name, accepted=len(body["samples"]))
 
 

@@ -12,7 +12,7 @@ from sqlalchemy.orm import Session
 from controltower.core.agents import Agent
 from controltower.core.context import Context
 from controltower.core.db import utcnow
-from controltower.core.series import LatestSample, Sample
+from controltower.core.series import LatestSample, PreparedSamples, Sample
 from controltower.monitor.models import Host
 from controltower.monitor.schemas import HostDetail, HostPublic, HostStatusChange, MetricsPush, MetricValue
 
@@ -42,22 +42,39 @@ class AgentGone(LookupError):
 # -- ingestion ------------------------------------------------------------------------------------
 
 
-def ingest_metrics(ctx: Context, session: Session, agent_id: int, push: MetricsPush) -> tuple[str, int]:
-    """Store a collector's samples (the `host` label forced to the agent's name) and count them on its Host.
+def receive_metrics(ctx: Context, agent_id: int, push: MetricsPush) -> tuple[str, int]:
+    """An agent's push, stored in a write transaction it may share with other pushes (SQLite group commit).
 
-    Returns the host's name and how many samples were stored. Runs in the caller's transaction;
-    SeriesError (naming e.g. `samples.3.name`) comes before any write. This is the ingest hot path:
-    it reads and writes plain columns, never whole rows with their JSON.
+    Returns the host's name and how many samples were stored. SeriesError (naming e.g. `samples.3.name`)
+    and AgentGone come before anything is written. This is the ingest hot path: validation happens here,
+    in the request's thread; only the inserts run in the writer's transaction.
     """
-    # Read in a read-only session: the request's session takes SQLite's write lock at its first
-    # statement, and everything up to the series insert (validation included) can run before that.
+    name, prepared = _prepare(ctx, agent_id, push)
+    count, dropped = len(push["samples"]), push.get("dropped", 0)
+    return name, ctx.db.write(lambda session: _store(ctx, session, agent_id, name, prepared, count, dropped))
+
+
+def ingest_metrics(ctx: Context, session: Session, agent_id: int, push: MetricsPush) -> tuple[str, int]:
+    """Like `receive_metrics`, in the caller's transaction."""
+    name, prepared = _prepare(ctx, agent_id, push)
+    return name, _store(ctx, session, agent_id, name, prepared, len(push["samples"]), push.get("dropped", 0))
+
+
+def _prepare(ctx: Context, agent_id: int, push: MetricsPush) -> tuple[str, PreparedSamples | None]:
+    """The agent's name and its validated samples (the `host` label forced to that name)."""
     with ctx.db.read_session() as reader:
         name = reader.scalar(select(Agent.name).where(Agent.id == agent_id))
     if name is None:
         raise AgentGone(f"agent {agent_id} no longer exists")
-    ts, samples, dropped = push["ts"], push["samples"], push.get("dropped", 0)
+    ts, samples = push["ts"], push["samples"]
     rows = ((s["name"], {**s.get("labels", {}), "host": name}, ts, s["value"]) for s in samples)
-    stored = ctx.series.write(rows, session=session) if samples else 0
+    return name, ctx.series.prepare(rows) if samples else None
+
+
+def _store(ctx: Context, session: Session, agent_id: int, name: str, prepared: PreparedSamples | None,
+           count: int, dropped: int) -> int:
+    """Insert the samples and count them on the agent's Host; reads and writes plain columns only."""
+    stored = ctx.series.store(session, prepared) if prepared is not None else 0
     now = utcnow()
     counted = session.execute(
         update(Host)
@@ -65,7 +82,7 @@ def ingest_metrics(ctx: Context, session: Session, agent_id: int, push: MetricsP
         .values(
             name=name,
             last_metrics_at=now,
-            samples_received=Host.samples_received + len(samples),
+            samples_received=Host.samples_received + count,
             samples_dropped_by_agent=Host.samples_dropped_by_agent + dropped,
         )
         .execution_options(synchronize_session=False)
@@ -78,10 +95,10 @@ def ingest_metrics(ctx: Context, session: Session, agent_id: int, push: MetricsP
             session.add(host)
         host.agent_id = agent_id
         host.last_metrics_at = now
-        host.samples_received = (host.samples_received or 0) + len(samples)
+        host.samples_received = (host.samples_received or 0) + count
         host.samples_dropped_by_agent = (host.samples_dropped_by_agent or 0) + dropped
         session.flush()
-    return name, stored
+    return stored
 
 
 # -- liveness -------------------------------------------------------------------------------------

@@ -1,0 +1,112 @@
+"""Group commit for SQLite: one writer thread runs the write jobs of many requests in one transaction.
+
+SQLite has one writer at a time. When every request runs its own transaction, each one pays for BEGIN,
+COMMIT and the WAL pages they share (the newest-sample table, host rows, the B-tree's upper pages) on its
+own, and the thread holding the write lock waits for the GIL between its statements while other
+requests parse JSON. Here jobs queue up while a transaction runs, and the next transaction takes all of
+them: the lock is held by one thread that does nothing else.
+
+Each job is still all-or-nothing: when a group's transaction fails, every job of it runs again alone in a
+transaction of its own, so one bad job fails only its own request.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+from collections.abc import Callable
+from concurrent.futures import Future
+from typing import TYPE_CHECKING, Any, TypeVar
+
+from sqlalchemy.orm import Session
+
+if TYPE_CHECKING:
+    from controltower.core.db import Database
+
+log = logging.getLogger("controltower.core.group_commit")
+
+T = TypeVar("T")
+GROUP_MAX = 32  # jobs per transaction: bounds how long one commit keeps the others waiting
+
+_Job = tuple[Callable[[Session], Any], Future]
+
+
+class GroupCommitter:
+    """`run(job)` from any thread: `job(session)` runs in a transaction shared with other queued jobs,
+    and `run` returns its result (or raises its exception) once that transaction has committed."""
+
+    def __init__(self, db: Database) -> None:
+        self.db = db
+        self._jobs: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
+        self._thread: threading.Thread | None = None
+        self._lock = threading.Lock()
+        self.groups = 0
+        self.jobs = 0
+
+    def run(self, job: Callable[[Session], T]) -> T:
+        future: Future[T] = Future()
+        self._ensure_thread()
+        self._jobs.put((job, future))
+        return future.result()
+
+    def stop(self, timeout: float = 10.0) -> None:
+        with self._lock:
+            thread, self._thread = self._thread, None
+        if thread is not None:
+            self._jobs.put(None)
+            thread.join(timeout)
+
+    def _ensure_thread(self) -> None:
+        if self._thread is None:
+            with self._lock:
+                if self._thread is None:
+                    self._thread = threading.Thread(target=self._loop, name="db-group-commit", daemon=True)
+                    self._thread.start()
+
+    def _loop(self) -> None:
+        while True:
+            first = self._jobs.get()
+            if first is None:
+                return
+            group = [first]
+            stop = False
+            while len(group) < GROUP_MAX:
+                try:
+                    job = self._jobs.get_nowait()
+                except queue.Empty:
+                    break
+                if job is None:
+                    stop = True
+                    break
+                group.append(job)
+            self._commit(group)
+            if stop:
+                return
+
+    def _commit(self, group: list[_Job]) -> None:
+        results: list[Any] = []
+        try:
+            with self.db.session() as session:
+                results = [job(session) for job, _ in group]
+        except BaseException as exc:  # each job is retried alone below and gets its own outcome
+            if len(group) == 1:
+                group[0][1].set_exception(exc)
+                return
+            log.info("a group of %d writes failed (%s); running each alone", len(group), exc.__class__.__name__)
+            for job, future in group:
+                self._commit_alone(job, future)
+            return
+        self.groups += 1
+        self.jobs += len(group)
+        for (_, future), result in zip(group, results, strict=True):
+            future.set_result(result)
+
+    def _commit_alone(self, job: Callable[[Session], Any], future: Future) -> None:
+        try:
+            with self.db.session() as session:
+                result = job(session)
+        except BaseException as exc:  # handed to the caller, which raises it
+            future.set_exception(exc)
+        else:
+            future.set_result(result)
