@@ -209,8 +209,9 @@ def _enrol(ext: RunningServer, mosquitto: Mosquitto, name: str) -> dict:  # noqa
 
 def _restart_mosquitto(mosquitto: Mosquitto) -> None:  # noqa: F811
     binary = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
-    mosquitto.proc = subprocess.Popen([binary, "-c", str(mosquitto.passwd.parent / "mosquitto.conf")],
-                                      stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    with open(mosquitto.passwd.parent / "mosquitto.log", "ab") as log:  # an unread pipe would stall it
+        mosquitto.proc = subprocess.Popen([binary, "-c", str(mosquitto.passwd.parent / "mosquitto.conf")],
+                                          stdout=log, stderr=subprocess.STDOUT)
 
 
 def _started(dev: dict, port: int, tmp_path: Path) -> Device:

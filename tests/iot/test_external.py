@@ -46,7 +46,8 @@ def mosquitto(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Mosquitto]:
         f"listener {port} 127.0.0.1\nallow_anonymous false\npassword_file {passwd}\nacl_file {acl}\n"
         "persistence false\nuser root\n"
     )
-    proc = subprocess.Popen([binary, "-c", str(conf)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    with open(root / "mosquitto.log", "ab") as log:  # an unread pipe would fill up and stall Mosquitto
+        proc = subprocess.Popen([binary, "-c", str(conf)], stdout=log, stderr=subprocess.STDOUT)
     broker = Mosquitto(port, passwd, proc)
     wait_for(lambda: _listening(port), message="mosquitto listening")
     yield broker

@@ -69,7 +69,7 @@ class ExternalBroker:
 
     def _on_message(self, _client: mqtt.Client, _userdata: Any, msg: mqtt.MQTTMessage) -> None:
         try:
-            self.hub.message(msg.topic, msg.payload, "mqtt")
+            self.hub.message(msg.topic, msg.payload, "mqtt", wait=True)  # back-pressure: the broker queues
         except Exception:
             log.exception("handing %s to the hub failed", msg.topic)
 

@@ -8,10 +8,10 @@ import queue
 import threading
 import time
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Protocol
 
-from sqlalchemy import select
+from sqlalchemy import bindparam, func, select, update
 from sqlalchemy.orm import Session
 
 from controltower.core.auth import Role, authenticate
@@ -34,6 +34,7 @@ log = logging.getLogger("controltower.iot.hub")
 
 QUEUE_MAX = 100_000
 BATCH_MAX = 500
+DROP_LOG_EVERY_S = 10.0
 
 
 class Transport(Protocol):
@@ -66,6 +67,28 @@ class Job:
 
 
 @dataclass
+class BatchWrites:
+    """What the messages of one batch write together at its end: their numbers (one series write) and,
+    per device, how many messages arrived (one UPDATE per device instead of an ORM flush of each)."""
+
+    samples: list[RawSample] = field(default_factory=list)
+    seen: Counter[str] = field(default_factory=Counter)
+
+    def write(self, ctx: Context, session: Session) -> None:
+        if self.samples:
+            ctx.series.write(self.samples, session=session)
+        if self.seen:
+            table = Device.__table__
+            session.execute(
+                update(table)
+                .where(table.c.id == bindparam("device"))
+                .values(messages_received=func.coalesce(table.c.messages_received, 0) + bindparam("count"),
+                        last_seen_at=bindparam("now")),
+                [{"device": d, "count": n, "now": utcnow()} for d, n in self.seen.items()],
+            )
+
+
+@dataclass
 class Outcome:
     """What storing one message did."""
 
@@ -87,6 +110,7 @@ class Hub:
         self._connections: Counter[str] = Counter()
         self._ready: set[str] = set()
         self._thread: threading.Thread | None = None
+        self._dropped_logged_at = -DROP_LOG_EVERY_S
         self._idle = threading.Event()
         self._idle.set()
         settings = ctx.settings
@@ -121,8 +145,11 @@ class Hub:
                 self.ctx.principals.put(password, principal)
         return principal is not None and principal.role == Role.device and principal.subject == f"device:{username}"
 
-    def message(self, topic: str, payload: bytes, source: str = "mqtt") -> None:
-        """A device published; oversize is refused here, the rest is parsed on the worker."""
+    def message(self, topic: str, payload: bytes, source: str = "mqtt", wait: bool = False) -> None:
+        """A device published; oversize is refused here, the rest is parsed on the worker.
+
+        With `wait`, a full queue makes the caller wait (an external broker's client: the broker keeps the
+        messages meanwhile) instead of dropping the message (the embedded broker, which must not block)."""
         self.stats["received"] += 1
         parsed = topics.parse(topic)
         device_id = parsed.device_id if parsed else ""
@@ -130,9 +157,9 @@ class Hub:
         if len(payload) > limit:
             reason = f"body: {len(payload)} bytes; the limit is {limit} (CT_IOT_MESSAGE_MAX_BYTES)"
             kept = payload[: deadletters.PAYLOAD_KEEP]
-            self._enqueue(Job("reject", device_id, topic, kept, source, Rejected("oversize", reason)))
+            self._enqueue(Job("reject", device_id, topic, kept, source, Rejected("oversize", reason)), wait)
             return
-        self._enqueue(Job("message", device_id, topic, payload, source))
+        self._enqueue(Job("message", device_id, topic, payload, source), wait)
 
     def connected(self, device_id: str) -> None:
         with self._lock:
@@ -198,12 +225,19 @@ class Hub:
             time.sleep(0.01)
         return False
 
-    def _enqueue(self, job: Job) -> None:
+    def _enqueue(self, job: Job, wait: bool = False) -> None:
         try:
-            self._queue.put_nowait(job)
+            if wait:
+                self._queue.put(job)
+            else:
+                self._queue.put_nowait(job)
         except queue.Full:
             self.stats["dropped"] += 1
-            log.warning("iot ingestion queue full (%d); dropped %s from %s", QUEUE_MAX, job.kind, job.device_id)
+            now = time.monotonic()
+            if now - self._dropped_logged_at >= DROP_LOG_EVERY_S:  # one line, not one per message
+                self._dropped_logged_at = now
+                log.warning("iot ingestion queue full (%d): %d messages dropped so far (last: %s from %s)",
+                            QUEUE_MAX, self.stats["dropped"], job.kind, job.device_id)
 
     # -- the worker ----------------------------------------------------------------------------
 
@@ -241,14 +275,15 @@ class Hub:
             with self.ctx.db.session() as session:
                 # One query for the batch's devices and one series write for all its numbers: per message,
                 # those were most of the cost.
+                # The list keeps them in the session's identity map (it holds objects weakly), so
+                # session.get() finds them there without a query.
                 ids = {job.device_id for job in batch if job.device_id}
-                if ids:
-                    session.scalars(select(Device).where(Device.id.in_(ids))).all()
-                samples: list[RawSample] = []
+                devices = session.scalars(select(Device).where(Device.id.in_(ids))).all() if ids else []
+                writes = BatchWrites()
                 for job in batch:
-                    self._handle(session, job, outbox, samples)
-                if samples:
-                    self.ctx.series.write(samples, session=session)
+                    self._handle(session, job, outbox, writes)
+                writes.write(self.ctx, session)
+                del devices
         except Exception:
             log.exception("iot batch of %d failed; storing its messages one by one", len(batch))
             outbox = []
@@ -282,7 +317,7 @@ class Hub:
             log.exception("could not keep a dead letter for %s", job.topic)
 
     def _handle(
-        self, session: Session, job: Job, outbox: list[tuple[str, bytes]], samples: list[RawSample] | None = None
+        self, session: Session, job: Job, outbox: list[tuple[str, bytes]], writes: BatchWrites | None = None
     ) -> None:
         """One job in the batch's transaction. Every check comes before any write, so a refusal writes
         only its dead letter."""
@@ -302,7 +337,7 @@ class Hub:
         try:
             if device is None:
                 raise Rejected("unknown_device", f"topic: no device with id {job.device_id!r} ({job.topic})")
-            self.store(session, device, job.topic, job.payload, job.source, samples)
+            self.store(session, device, job.topic, job.payload, job.source, writes)
             self.stats["stored"] += 1
         except Rejected as exc:
             self._reject(session, job, exc)
@@ -314,11 +349,12 @@ class Hub:
 
     def store(
         self, session: Session, device: Device, topic: str, payload: bytes, via: str,
-        samples: list[RawSample] | None = None,
+        writes: BatchWrites | None = None,
     ) -> Outcome:
         """Parse and store one message of `device`; Rejected (nothing written) when it is bad.
 
-        With `samples`, its numbers are checked and appended there for the caller to write with others."""
+        With `writes`, its numbers are checked, and they and its count are left there for the caller to
+        write with the rest of the batch."""
         parsed = topics.parse(topic)
         if parsed is None or parsed.device_id != device.id:
             raise Rejected("invalid", f"topic: {topic!r} is not under {topics.device_prefix(device.id)}")
@@ -327,7 +363,9 @@ class Hub:
         if parsed.channel == topics.TELEMETRY and not parsed.rest:
             readings = parse_telemetry(load_json(payload), now)
             outcome.readings = len(readings)
-            outcome.numbers, outcome.attributes = store_readings(self.ctx, session, device.id, readings, samples)
+            outcome.numbers, outcome.attributes = store_readings(
+                self.ctx, session, device.id, readings, writes.samples if writes else None
+            )
         elif parsed.channel == topics.ATTRIBUTES and not parsed.rest:
             values = parse_attributes(load_json(payload))
             outcome.attributes = store_attributes(session, device.id, values, utcnow())
@@ -349,8 +387,13 @@ class Hub:
             commands.respond(self.ctx, session, device.id, command_id, parse_response(load_json(payload)))
         else:
             raise Rejected("invalid", f"topic: {topic!r} is not a channel devices publish to")
-        device.messages_received = (device.messages_received or 0) + 1
-        presence.seen(self.ctx, session, device, via)
+        if writes is None:
+            device.messages_received = (device.messages_received or 0) + 1
+            presence.seen(self.ctx, session, device, via)
+        else:
+            writes.seen[device.id] += 1
+            if via == "http" or device.status != presence.ONLINE:  # a status change (rare): as usual
+                presence.seen(self.ctx, session, device, via)
         return outcome
 
     def _status(self, session: Session, device: Device, payload: bytes) -> None:

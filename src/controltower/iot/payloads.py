@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import datetime as dt
-import json
 import math
 import re
 from dataclasses import dataclass, field
 from typing import Any
+
+import orjson
 
 from controltower.core.series import NAME_PATTERN
 
@@ -41,14 +42,10 @@ def series_name(key: str) -> str:
     return SERIES_PREFIX + key
 
 
-def _no_constants(name: str) -> Any:
-    raise ValueError(f"{name} is not valid JSON")
-
-
 def load_json(data: bytes | str) -> Any:
     """Strict JSON (no NaN/Infinity); Rejected('malformed_json') with the parser's reason."""
     try:
-        return json.loads(data, parse_constant=_no_constants)
+        return orjson.loads(data)  # strict like the standard: NaN and Infinity are not JSON
     except (ValueError, UnicodeDecodeError) as exc:
         raise Rejected("malformed_json", f"body: not valid JSON: {exc}") from None
 
