@@ -21,7 +21,7 @@ import psutil
 from sqlalchemy import create_engine, text
 from sqlalchemy.engine import make_url
 
-from bench import ingest, peer_node_exporter, peer_prometheus
+from bench import ingest, iot, peer_node_exporter, peer_prometheus, rpa
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "results" / "latest.json"
@@ -35,6 +35,12 @@ NAMES = [
     "peer-node-exporter",
     "checks",
     "dashboard-fleet",
+    "dashboard-devices",
+    "iot-embedded",
+    "iot-mosquitto",
+    "iot-commands",
+    "iot-idle",
+    "rpa",
 ]
 
 Result = dict[str, Any]
@@ -42,8 +48,10 @@ Result = dict[str, Any]
 
 def _durations(quick: bool) -> dict[str, float]:
     if quick:
-        return {"ingest": 20, "prometheus": 20, "prometheus_warmup": 15, "agent": 20, "checks": 30, "dashboard": 20}
-    return {"ingest": 30, "prometheus": 60, "prometheus_warmup": 20, "agent": 300, "checks": 300, "dashboard": 60}
+        return {"ingest": 20, "prometheus": 20, "prometheus_warmup": 15, "agent": 20, "checks": 30, "dashboard": 20,
+                "iot": 15, "commands": 200, "robots": 20}
+    return {"ingest": 30, "prometheus": 60, "prometheus_warmup": 20, "agent": 300, "checks": 300, "dashboard": 60,
+            "iot": 60, "commands": 1000, "robots": 200}
 
 
 def machine() -> dict[str, Any]:
@@ -158,6 +166,20 @@ def _dashboard(seconds: float) -> Result:
     return module.run(hosts=500, window_s=seconds, loads=3)
 
 
+def _dashboard_devices(seconds: float) -> Result:
+    module = _module("dashboard_devices")
+    if module is None:
+        return _skipped("bench/dashboard_devices.py not present")
+    return module.run(devices=1000, window_s=seconds, loads=3)
+
+
+def _iot_mosquitto(seconds: float) -> Result:
+    if not Path(iot.MOSQUITTO).exists():
+        return _skipped("mosquitto is not installed; install with: sudo apt-get install mosquitto mosquitto-clients")
+    # 12 messages/s per device: about what one simulator process sends on this machine beside the server.
+    return iot.telemetry("mosquitto", devices=1000, rate=12, seconds=seconds)
+
+
 def _busy_seconds() -> float:
     """CPU seconds spent by the whole machine, all cores (guest time is already inside user)."""
     t = psutil.cpu_times()
@@ -201,6 +223,12 @@ def run(selected: list[str], quick: bool, agent_seconds: float | None = None) ->
         "peer-node-exporter": lambda: _node_exporter(d["agent"]),
         "checks": lambda: _checks(d["checks"]),
         "dashboard-fleet": lambda: _dashboard(d["dashboard"]),
+        "dashboard-devices": lambda: _dashboard_devices(d["dashboard"]),
+        "iot-embedded": lambda: iot.telemetry("embedded", devices=1000, rate=5, seconds=d["iot"]),
+        "iot-mosquitto": lambda: _iot_mosquitto(d["iot"]),
+        "iot-commands": lambda: iot.commands(devices=1000, count=int(d["commands"])),
+        "iot-idle": lambda: iot.idle(devices=1000),
+        "rpa": lambda: rpa.run(items=100, robots=int(d["robots"])),
     }
     results: dict[str, Result] = {}
     for name in NAMES:
@@ -308,6 +336,7 @@ def table(results: dict[str, Result]) -> str:
             "< 20 %",
         ),
     ]
+    rows += _iot_rows(results) + _rpa_rows(results.get("rpa"))
     lines = ["| Benchmark | Control Tower | Peer | Target |", "|---|---|---|---|"]
     lines += [f"| {a} | {b} | {c} | {d} |" for a, b, c, d in rows]
     notes = [f"- {name}: {r['skipped']}" for name, r in results.items() if "skipped" in r]
@@ -316,6 +345,47 @@ def table(results: dict[str, Result]) -> str:
     if busy:
         notes.append(f"- whole machine busy (all cores, all processes) during: {busy}")
     return "\n".join(lines + (["", *notes] if notes else []))
+
+
+def _iot_rows(results: dict[str, Result]) -> list[tuple[str, str, str, str]]:
+    embedded, mosquitto = results.get("iot-embedded"), results.get("iot-mosquitto")
+    commands, idle = results.get("iot-commands"), results.get("iot-idle")
+    devices = results.get("dashboard-devices")
+    thingsboard = "ThingsBoard (documented): 1,111 msg/s at 20 % of 4 vCPU"
+
+    def telemetry(r: Result) -> str:
+        return (f"{_num(r.get('messages_per_s'))} msg/s, server {_num(r.get('server_cpu_percent'), 0, ' %')} CPU, "
+                f"{_num(r.get('server_rss_mb'), 0, ' MB')}")
+
+    return [
+        ("IoT telemetry, 1,000 devices, embedded broker: stored end to end", _cell(embedded, telemetry),
+         thingsboard, "≥ 3,000 msg/s"),
+        ("IoT telemetry, 1,000 devices, Mosquitto: stored end to end", _cell(mosquitto, telemetry),
+         thingsboard, "≥ 20,000 msg/s"),
+        ("IoT command round trip p50 / p99 (1,000 commands)",
+         _cell(commands, lambda r: f"{_num(r.get('rtt_ms_p50'), 1)} / {_num(r.get('rtt_ms_p99'), 1)} ms"), "—",
+         "p99 < 50 ms"),
+        ("IoT idle devices on the embedded broker: memory per device",
+         _cell(idle, lambda r: f"{_num(r.get('kb_per_device'), 1, ' KB')} ({_num(r.get('devices'))} devices)"), "—",
+         "—"),
+        ("Devices page, 1,000 devices: load, median of 3",
+         _cell(devices, lambda r: _num(r.get("load_s_median"), 2, " s")), "—", "< 2 s"),
+    ]
+
+
+def _rpa_rows(r: Result | None) -> list[tuple[str, str, str, str]]:
+    return [
+        ("Robot environment: cold build (robotframework / rpaframework) / cached start to first keyword",
+         _cell(r, lambda x: f"{_num(x.get('cold_env_build_s'), 1, ' s')} / "
+                            f"{_num(x.get('cold_env_build_rpaframework_s'), 1, ' s')} / "
+                            f"{_num(x.get('cached_to_first_keyword_s_median'), 2, ' s')}"),
+         "RCC (documented): 1 to 5 min cold", "cached < 1 s"),
+        ("Work item to task process, p50 / p99",
+         _cell(r, lambda x: f"{_num(x.get('dispatch_ms_p50'))} / {_num(x.get('dispatch_ms_p99'))} ms"), "—", "—"),
+        ("200 one-second robots on 2 agents",
+         _cell(r, lambda x: f"{_num(x.get('wall_s'), 1, ' s')} ({_num(x.get('efficiency_percent'), 0, ' %')} "
+                            "of ideal)"), "—", "—"),
+    ]
 
 
 def main() -> None:

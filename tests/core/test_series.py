@@ -82,6 +82,23 @@ def test_same_series_and_timestamp_overwrites(store: SeriesStore, db: Database):
     assert count(db, Series) == 1
 
 
+def test_deferred_batches_go_in_together_at_commit_in_order(store: SeriesStore, db: Database):
+    store.write([Sample("temp", {"room": "1"}, T0, 1.0), Sample("temp", {"room": "2"}, T0, 1.0)])  # known series
+    first = store.prepare([Sample("temp", {"room": "1"}, T0 + 1, 20.0), Sample("temp", {"room": "2"}, T0 + 1, 5.0)])
+    second = store.prepare([Sample("temp", {"room": "1"}, T0 + 1, 21.0)])  # same key: the later write wins
+    with pytest.raises(RuntimeError), db.session() as session:
+        store.store(session, first, defer=True)
+        raise RuntimeError("rolled back: nothing deferred may land")
+    assert count(db, SampleRow) == 2
+    with db.session() as session:
+        assert store.store(session, first, defer=True) == 2
+        assert store.store(session, second, defer=True) == 1
+    points = {tuple(r.labels.items()): r.points for r in store.query("temp", None, T0, T0 + 10, resolution="raw")}
+    assert points == {(("room", "1"),): [(T0, 1.0), (T0 + 1, 21.0)], (("room", "2"),): [(T0, 1.0), (T0 + 1, 5.0)]}
+    latest = {tuple(s.labels.items()): s.value for s in store.latest("temp")}
+    assert latest == {(("room", "1"),): 21.0, (("room", "2"),): 5.0}
+
+
 def test_label_filter_matches_a_subset_of_labels_exactly(store: SeriesStore):
     store.write(
         [

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 import threading
 from collections.abc import Callable, Iterator
@@ -174,6 +175,12 @@ class Database:
             return self._group.run(job)
         with self.session() as session:
             return job(session)
+
+    async def write_async(self, job: Callable[[Session], T]) -> T:
+        """`write` for the event loop: waits for the commit without holding a thread."""
+        if self._group is not None:
+            return await asyncio.wrap_future(self._group.submit(job))
+        return await asyncio.to_thread(self.write, job)
 
     @contextmanager
     def read_session(self) -> Iterator[Session]:

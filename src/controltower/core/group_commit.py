@@ -33,8 +33,8 @@ _Job = tuple[Callable[[Session], Any], Future]
 
 
 class GroupCommitter:
-    """`run(job)` from any thread: `job(session)` runs in a transaction shared with other queued jobs,
-    and `run` returns its result (or raises its exception) once that transaction has committed."""
+    """`run(job)` from any thread (or `submit(job)` for a future): `job(session)` runs in a transaction
+    shared with other queued jobs, and its result (or exception) comes once that transaction has committed."""
 
     def __init__(self, db: Database) -> None:
         self.db = db
@@ -45,10 +45,14 @@ class GroupCommitter:
         self.jobs = 0
 
     def run(self, job: Callable[[Session], T]) -> T:
+        return self.submit(job).result()
+
+    def submit(self, job: Callable[[Session], T]) -> Future[T]:
+        """Queue `job`; the future completes once its transaction has committed (or failed)."""
         future: Future[T] = Future()
         self._ensure_thread()
         self._jobs.put((job, future))
-        return future.result()
+        return future
 
     def stop(self, timeout: float = 10.0) -> None:
         with self._lock:

@@ -98,9 +98,12 @@ class SeriesStore:
         """Validate (SeriesError names the bad sample) and ready samples for `store`, outside any transaction."""
         return self._writer.prepare(samples, for_sqlite=self.db.dialect == "sqlite")
 
-    def store(self, session: Session, prepared: PreparedSamples) -> int:
-        """Insert prepared samples in `session`'s transaction (the caller commits); how many."""
-        return self._writer.store(session, prepared) if prepared.slots else 0
+    def store(self, session: Session, prepared: PreparedSamples, defer: bool = False) -> int:
+        """Insert prepared samples in `session`'s transaction (the caller commits); how many.
+
+        `defer`: on SQLite the rows may wait for the commit, to go in with the transaction's other deferred
+        samples in one statement (group commit); they are not visible to queries in the transaction before."""
+        return self._writer.store(session, prepared, defer) if prepared.slots else 0
 
     def check(self, samples: Iterable[Sample | RawSample]) -> None:
         """Validate without writing (SeriesError names the bad sample), e.g. to refuse one message of many

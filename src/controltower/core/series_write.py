@@ -43,6 +43,13 @@ def _upsert_latest_sql(rows: int) -> str:
             "WHERE excluded.ts >= series_latest.ts")
 
 
+_DEFERRED = "ct_series_deferred"
+
+
+def _forget_deferred(session: Session) -> None:
+    session.info[_DEFERRED] = []
+
+
 _MOVE_WATERMARKS = text(
     "UPDATE series_rollup_state SET watermark = CASE resolution WHEN '1m' THEN :m ELSE :h END "
     "WHERE (resolution = '1m' AND watermark > :m) OR (resolution = '1h' AND watermark > :h)"
@@ -201,11 +208,18 @@ class SeriesWriter:
 
     # -- storage
 
-    def store(self, session: Session, batch: PreparedSamples) -> int:
-        """Insert a prepared batch in `session`'s transaction; the caller commits."""
+    def store(self, session: Session, batch: PreparedSamples, defer: bool = False) -> int:
+        """Insert a prepared batch in `session`'s transaction; the caller commits.
+
+        With `defer` (SQLite, every series known), the rows wait for the commit and go in with every other
+        deferred batch of the transaction in one statement: for a group commit of many requests, a few
+        statements instead of a few per request (each statement hands the GIL back and forth)."""
         if not batch.slots:
             return 0
         if batch.sqlite_params is not None:
+            if defer:
+                self._defer(session, batch)
+                return len(batch.slots)
             conn = session.connection()
             written = self._store_sqlite(conn, *batch.sqlite_params)
             self._move_watermarks(conn, min(batch.ts))
@@ -320,6 +334,26 @@ class SeriesWriter:
             for sid, key in conn.execute(select(Series.id, Series.key).where(Series.key.in_(chunk))):
                 out[key] = sid
         return out
+
+    def _defer(self, session: Session, batch: PreparedSamples) -> None:
+        assert batch.sqlite_params is not None
+        deferred: list[PreparedSamples] | None = session.info.get(_DEFERRED)
+        if deferred is None:
+            deferred = session.info[_DEFERRED] = []
+            event.listen(session, "before_commit", self._flush_deferred)
+            event.listen(session, "after_rollback", _forget_deferred)
+        deferred.append(batch)
+
+    def _flush_deferred(self, session: Session) -> None:
+        deferred: list[PreparedSamples] = session.info.get(_DEFERRED) or []
+        if not deferred:
+            return
+        session.info[_DEFERRED] = []
+        rows = list(chain.from_iterable(b.sqlite_params[0] for b in deferred if b.sqlite_params))
+        latest = list(chain.from_iterable(b.sqlite_params[1] for b in deferred if b.sqlite_params))
+        conn = session.connection()
+        self._store_sqlite(conn, rows, latest, len(rows) // 3)
+        self._move_watermarks(conn, min(min(b.ts) for b in deferred))
 
     def _remember_on_commit(self, session: Session, found: dict[str, int]) -> None:
         # A rolled-back insert must not leave its id in the cache (SQLite would hand the id out again).

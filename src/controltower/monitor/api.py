@@ -58,12 +58,12 @@ async def read_push(request: Request) -> MetricsPush:
         "requestBody": {"required": True, "content": {"application/json": {"schema": METRICS_PUSH.json_schema()}}}
     },
 )
-def push_metrics(
+async def push_metrics(
     body: Annotated[MetricsPush, Depends(read_push)], ctx: CtxDep, principal: AgentPrincipal
 ) -> MetricsAccepted:
     """An agent's collector pushes one interval of samples; the `host` label is always the agent's name."""
     try:
-        host_name, _ = hosts.receive_metrics(ctx, int(principal.subject_id), body)
+        host_name, _ = await hosts.receive_metrics(ctx, int(principal.subject_id), body)
     except SeriesError as exc:
         raise HTTPException(
             status.HTTP_422_UNPROCESSABLE_CONTENT, detail=f"{exc.field}: {exc.reason}"
