@@ -47,6 +47,7 @@ class Settings(BaseSettings):
 
     agent_interval_s: float = Field(10.0, gt=0, description="Agent resource-sample interval, seconds")
     agent_heartbeat_s: float = Field(10.0, gt=0, description="Agent heartbeat interval, seconds")
+    agent_capacity: int = Field(1, ge=1, le=64, description="Robot runs an agent takes at once")
     agent_outbox_max: int = Field(100_000, gt=0, description="Agent outbox bound; past it the oldest drop")
     host_down_after: int = Field(3, ge=1, description="Missed heartbeats before a host is DOWN")
 

@@ -146,7 +146,7 @@ class AgentShell:
             "name": self.agent_name,
             "facts": facts,
             "labels": self.labels,
-            "capacity": 1,
+            "capacity": self.settings.agent_capacity,
             "version": __version__,
         }
         async with httpx.AsyncClient(base_url=self.server, timeout=HTTP_TIMEOUT_S) as http:

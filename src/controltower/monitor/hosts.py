@@ -53,7 +53,8 @@ async def receive_metrics(ctx: Context, agent_id: int, push: MetricsPush) -> tup
     threads at once made the writer wait for the GIL between its statements: fewer samples/s, not more.)
     """
     loop = asyncio.get_running_loop()
-    name, prepared = await loop.run_in_executor(_VALIDATOR, _prepare, ctx, agent_id, push)
+    validator = _VALIDATOR if ctx.db.dialect == "sqlite" else None  # PostgreSQL's writers run side by side
+    name, prepared = await loop.run_in_executor(validator, _prepare, ctx, agent_id, push)
     count, dropped = len(push["samples"]), push.get("dropped", 0)
     stored = await ctx.db.write_async(
         lambda session: _store(ctx, session, agent_id, name, prepared, count, dropped, defer=True)

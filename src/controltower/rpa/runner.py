@@ -102,6 +102,10 @@ class RpaRunner:
         return self.envs
 
     async def run(self, ctx: _AgentContext) -> None:
+        """Take robot runs, as many at a time as the agent's capacity (CT_AGENT_CAPACITY)."""
+        await asyncio.gather(*(self._take_runs(ctx) for _ in range(max(1, ctx.settings.agent_capacity))))
+
+    async def _take_runs(self, ctx: _AgentContext) -> None:
         backoff = 1.0
         while not ctx.stopping:
             try:
