@@ -132,7 +132,6 @@ def get_version(session: Session, robot: Robot, ref: VersionRef = None) -> Robot
 def list_robots(session: Session) -> list[RobotPublic]:
     latest = dict(
         session.execute(select(RobotVersion.robot_id, func.max(RobotVersion.number)).group_by(RobotVersion.robot_id))
-        .tuples()
         .all()
     )
     return [

@@ -165,7 +165,7 @@ def counts(session: Session, queue_ids: list[int] | None = None) -> dict[int, di
     if queue_ids is not None:
         query = query.where(QueueItem.queue_id.in_(queue_ids))
     result: dict[int, dict[str, int]] = {}
-    for queue_id, status, count in session.execute(query).tuples():
+    for queue_id, status, count in session.execute(query):
         result.setdefault(queue_id, dict.fromkeys(ITEM_STATUSES, 0))[status] = count
     return result
 
@@ -364,7 +364,7 @@ def settle_finished(ctx: Context, session: Session, queue: RpaQueue) -> int:
         .where(QueueItem.queue_id == queue.id, QueueItem.status == ItemState.in_progress.value,
                RobotRun.status.in_(sorted(FINISHED)))
         .execution_options(populate_existing=True)
-    ).tuples().all()
+    ).all()
     for item, run in rows:
         settle(ctx, session, queue, item, run)
     return len(rows)
