@@ -116,13 +116,13 @@ class SeriesStore:
         With `session`, the write joins its transaction (the caller commits); otherwise it commits its own.
         Raises SeriesError (a ValueError) whose `field` names the bad sample, e.g. `samples.3.value`.
         """
-        batch = self._writer.prepare(samples)
+        batch = self.prepare(samples)
         if not batch.slots:
             return 0
         if session is not None:
-            return self._writer.store(session, batch)
+            return self.store(session, batch)
         with self.db.session() as own:
-            return self._writer.store(own, batch)
+            return self.store(own, batch)
 
     def query(
         self,
