@@ -1,4 +1,4 @@
-"""IoT fixtures: a Context over the test database, and devices registered in it."""
+"""IoT fixtures: a Context over the test database, the hub, and a real Mosquitto (one per module)."""
 
 from __future__ import annotations
 
@@ -17,6 +17,7 @@ from controltower.core.scheduler import Scheduler
 from controltower.core.series import SeriesStore
 from controltower.core.work import WorkQueue
 from controltower.iot.hub import Hub
+from tests.iot.mqtt_support import Mosquitto, run_mosquitto
 
 
 @pytest.fixture
@@ -41,3 +42,9 @@ def hub(ctx: Context) -> Iterator[Hub]:
     hub.start_worker()
     yield hub
     hub.stop_worker()
+
+
+@pytest.fixture(scope="module")
+def mosquitto(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Mosquitto]:
+    with run_mosquitto(tmp_path_factory.mktemp("mosquitto")) as broker:
+        yield broker

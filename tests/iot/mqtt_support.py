@@ -1,13 +1,66 @@
-"""Real paho-mqtt clients for tests: connect as a device, collect what arrives."""
+"""Real paho-mqtt clients for tests: connect as a device, collect what arrives; a real Mosquitto to connect to."""
 
 from __future__ import annotations
 
+import shutil
+import signal
+import socket
+import subprocess
 import threading
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
 
 import paho.mqtt.client as mqtt
 
-from tests.support import wait_for
+from tests.conftest import skip_or_fail
+from tests.support import free_port, wait_for
+
+SERVER_USER, SERVER_PASSWORD = "ctower", "server-secret"
+
+
+@dataclass
+class Mosquitto:
+    port: int
+    passwd: Path
+    proc: subprocess.Popen[bytes]
+
+    def add_user(self, user: str, password: str) -> None:
+        subprocess.run(["mosquitto_passwd", "-b", str(self.passwd), user, password], check=True, timeout=30)
+        self.proc.send_signal(signal.SIGHUP)  # reload the password file
+
+
+@contextmanager
+def run_mosquitto(root: Path) -> Iterator[Mosquitto]:
+    """A real Mosquitto with a password file (the server's user to start with) and the ACL of docs/iot.md."""
+    if shutil.which("mosquitto") is None and not Path("/usr/sbin/mosquitto").exists():
+        skip_or_fail("mosquitto is not installed (apt-get install mosquitto mosquitto-clients)")
+    binary = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
+    passwd, acl, conf = root / "passwd", root / "acl", root / "mosquitto.conf"
+    passwd.touch()
+    subprocess.run(["mosquitto_passwd", "-b", str(passwd), SERVER_USER, SERVER_PASSWORD], check=True, timeout=30)
+    acl.write_text(f"user {SERVER_USER}\ntopic readwrite ct/#\n\npattern readwrite ct/d/%u/#\n")
+    port = free_port()
+    conf.write_text(
+        f"listener {port} 127.0.0.1\nallow_anonymous false\npassword_file {passwd}\nacl_file {acl}\n"
+        "persistence false\nuser root\n"
+    )
+    with open(root / "mosquitto.log", "ab") as log:  # an unread pipe would fill up and stall Mosquitto
+        proc = subprocess.Popen([binary, "-c", str(conf)], stdout=log, stderr=subprocess.STDOUT)
+    broker = Mosquitto(port, passwd, proc)
+    try:
+        wait_for(lambda: _listening(port), message="mosquitto listening")
+        yield broker
+    finally:
+        broker.proc.terminate()  # a test may have restarted it
+        broker.proc.wait(10)
+
+
+def _listening(port: int) -> bool:
+    with socket.socket() as sock:
+        return sock.connect_ex(("127.0.0.1", port)) == 0
 
 
 class DeviceClient:

@@ -15,7 +15,7 @@ import httpx
 import pytest
 
 from controltower.iot.device import Device, File, Outbox, Reply
-from tests.iot.test_external import SERVER_PASSWORD, SERVER_USER, Mosquitto, mosquitto  # noqa: F401
+from tests.iot.mqtt_support import SERVER_PASSWORD, SERVER_USER, Mosquitto
 from tests.support import RunningServer, start_server, wait_for
 
 
@@ -194,20 +194,20 @@ def test_sent_while_the_server_is_down_arrives_in_order_after_restart(tmp_path: 
 
 
 @pytest.fixture(scope="module")
-def ext(mosquitto: Mosquitto, tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]:  # noqa: F811
+def ext(mosquitto: Mosquitto, tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]:
     url = f"mqtt://{SERVER_USER}:{SERVER_PASSWORD}@127.0.0.1:{mosquitto.port}"
     server = start_server(tmp_path_factory.mktemp("iot-device-ext") / "data", env={"CT_MQTT_URL": url})
     yield server
     server.stop()
 
 
-def _enrol(ext: RunningServer, mosquitto: Mosquitto, name: str) -> dict:  # noqa: F811
+def _enrol(ext: RunningServer, mosquitto: Mosquitto, name: str) -> dict:
     dev = _new_device(ext, name)
     mosquitto.add_user(dev["id"], dev["token"])
     return dev
 
 
-def _restart_mosquitto(mosquitto: Mosquitto) -> None:  # noqa: F811
+def _restart_mosquitto(mosquitto: Mosquitto) -> None:
     binary = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
     with open(mosquitto.passwd.parent / "mosquitto.log", "ab") as log:  # an unread pipe would stall it
         mosquitto.proc = subprocess.Popen([binary, "-c", str(mosquitto.passwd.parent / "mosquitto.conf")],
@@ -221,7 +221,7 @@ def _started(dev: dict, port: int, tmp_path: Path) -> Device:
     return device
 
 
-def test_device_through_mosquitto(ext: RunningServer, mosquitto: Mosquitto, tmp_path: Path) -> None:  # noqa: F811
+def test_device_through_mosquitto(ext: RunningServer, mosquitto: Mosquitto, tmp_path: Path) -> None:
     dev = _enrol(ext, mosquitto, "ext-client")
     device = _started(dev, mosquitto.port, tmp_path)
     try:
@@ -242,7 +242,7 @@ def test_device_through_mosquitto(ext: RunningServer, mosquitto: Mosquitto, tmp_
 
 
 def test_buffer_survives_a_broker_outage_and_a_device_restart(
-    ext: RunningServer, mosquitto: Mosquitto, tmp_path: Path  # noqa: F811
+    ext: RunningServer, mosquitto: Mosquitto, tmp_path: Path
 ) -> None:
     dev = _enrol(ext, mosquitto, "ext-outage")
     device = _started(dev, mosquitto.port, tmp_path)
@@ -268,7 +268,7 @@ def test_buffer_survives_a_broker_outage_and_a_device_restart(
 
 
 def test_sent_while_the_server_is_down_is_kept_by_mosquitto_and_arrives_after_restart(
-    ext: RunningServer, mosquitto: Mosquitto, tmp_path: Path  # noqa: F811
+    ext: RunningServer, mosquitto: Mosquitto, tmp_path: Path
 ) -> None:
     dev = _enrol(ext, mosquitto, "ext-server-down")
     device = _started(dev, mosquitto.port, tmp_path)
@@ -289,7 +289,7 @@ def test_sent_while_the_server_is_down_is_kept_by_mosquitto_and_arrives_after_re
 
 
 def test_mosquitto_pub_with_device_credentials_is_stored(
-    ext: RunningServer, mosquitto: Mosquitto  # noqa: F811
+    ext: RunningServer, mosquitto: Mosquitto
 ) -> None:
     if shutil.which("mosquitto_pub") is None:
         pytest.skip("mosquitto_pub is not installed")

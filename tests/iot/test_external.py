@@ -3,63 +3,14 @@
 from __future__ import annotations
 
 import json
-import shutil
-import signal
-import subprocess
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
 import pytest
 
-from tests.conftest import skip_or_fail
-from tests.iot.mqtt_support import DeviceClient
+from tests.iot.mqtt_support import SERVER_PASSWORD, SERVER_USER, DeviceClient, Mosquitto
 from tests.support import RunningServer, free_port, start_server, wait_for
-
-SERVER_USER, SERVER_PASSWORD = "ctower", "server-secret"
-
-
-@dataclass
-class Mosquitto:
-    port: int
-    passwd: Path
-    proc: subprocess.Popen[bytes]
-
-    def add_user(self, user: str, password: str) -> None:
-        subprocess.run(["mosquitto_passwd", "-b", str(self.passwd), user, password], check=True, timeout=30)
-        self.proc.send_signal(signal.SIGHUP)  # reload the password file
-
-
-@pytest.fixture(scope="module")
-def mosquitto(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Mosquitto]:
-    if shutil.which("mosquitto") is None and not Path("/usr/sbin/mosquitto").exists():
-        skip_or_fail("mosquitto is not installed (apt-get install mosquitto mosquitto-clients)")
-    binary = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
-    root = tmp_path_factory.mktemp("mosquitto")
-    passwd, acl, conf = root / "passwd", root / "acl", root / "mosquitto.conf"
-    passwd.touch()
-    subprocess.run(["mosquitto_passwd", "-b", str(passwd), SERVER_USER, SERVER_PASSWORD], check=True, timeout=30)
-    acl.write_text(f"user {SERVER_USER}\ntopic readwrite ct/#\n\npattern readwrite ct/d/%u/#\n")
-    port = free_port()
-    conf.write_text(
-        f"listener {port} 127.0.0.1\nallow_anonymous false\npassword_file {passwd}\nacl_file {acl}\n"
-        "persistence false\nuser root\n"
-    )
-    with open(root / "mosquitto.log", "ab") as log:  # an unread pipe would fill up and stall Mosquitto
-        proc = subprocess.Popen([binary, "-c", str(conf)], stdout=log, stderr=subprocess.STDOUT)
-    broker = Mosquitto(port, passwd, proc)
-    wait_for(lambda: _listening(port), message="mosquitto listening")
-    yield broker
-    proc.terminate()
-    proc.wait(10)
-
-
-def _listening(port: int) -> bool:
-    import socket
-
-    with socket.socket() as sock:
-        return sock.connect_ex(("127.0.0.1", port)) == 0
 
 
 @pytest.fixture(scope="module")

@@ -29,6 +29,8 @@ def test_list_of_readings_and_iso_and_missing_ts() -> None:
         ({"values": {"t": 1}, "extra": 1}, "invalid", "body.extra"),
         ({"ts": 1_700_000_000_000, "values": {"t": 1}}, "invalid", "body.ts"),
         ({"ts": "yesterday", "values": {"t": 1}}, "invalid", "body.ts"),
+        ({"ts": "1900-01-01T00:00:00Z", "values": {"t": 1}}, "invalid", "body.ts"),  # before the epoch
+        ({"ts": "9999-01-01T00:00:00Z", "values": {"t": 1}}, "invalid", "body.ts"),  # past what series keep
         ({"values": [1, 2]}, "invalid", "body.values"),
         ({"values": {"bad-key": 1}}, "invalid", "body.values.bad-key"),
         ([{"values": {"t": 1}}, "x"], "invalid", "1:"),

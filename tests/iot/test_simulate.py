@@ -19,7 +19,7 @@ import pytest
 from PIL import Image
 
 from controltower.iot.simulate import CAMERA, SENSOR, Simulator, camera_frame, provision, sensor_values
-from tests.iot.test_external import SERVER_PASSWORD, SERVER_USER, Mosquitto, mosquitto  # noqa: F401
+from tests.iot.mqtt_support import SERVER_PASSWORD, SERVER_USER, Mosquitto
 from tests.support import RunningServer, start_server, wait_for
 
 
@@ -116,7 +116,7 @@ def test_simulator_reuses_devices_answers_pings_and_needs_no_thread_per_device(s
 
 
 def test_simulated_sensors_and_camera_through_mosquitto(
-    mosquitto: Mosquitto, tmp_path_factory: pytest.TempPathFactory  # noqa: F811
+    mosquitto: Mosquitto, tmp_path_factory: pytest.TempPathFactory
 ) -> None:
     url = f"mqtt://{SERVER_USER}:{SERVER_PASSWORD}@127.0.0.1:{mosquitto.port}"
     ext = start_server(tmp_path_factory.mktemp("iot-sim-ext") / "data", env={"CT_MQTT_URL": url})

@@ -105,11 +105,6 @@ class SeriesStore:
         samples in one statement (group commit); they are not visible to queries in the transaction before."""
         return self._writer.store(session, prepared, defer) if prepared.slots else 0
 
-    def check(self, samples: Iterable[Sample | RawSample]) -> None:
-        """Validate without writing (SeriesError names the bad sample), e.g. to refuse one message of many
-        whose samples are then written together."""
-        self._writer.prepare(samples)
-
     def write(self, samples: Iterable[Sample | RawSample], session: Session | None = None) -> int:
         """Store samples; all are validated before any is written. Returns how many were stored.
 

@@ -7,6 +7,7 @@ import math
 import re
 from collections.abc import Iterable
 from itertools import chain
+from operator import itemgetter
 from typing import Any, NamedTuple
 
 from sqlalchemy import Connection, event, select, text
@@ -134,12 +135,8 @@ class PreparedSamples(NamedTuple):
     sqlite_params: tuple[list[float], list[float], int] | None = None
 
 
-def _row_key(row: tuple[int, float, float]) -> tuple[int, float]:
-    return row[0], row[1]
-
-
-def _newest_key(row: tuple[float, float, int]) -> int:
-    return row[2]
+_BY_SERIES_AND_TS = itemgetter(0, 1)  # rows (series_id, ts, value)
+_BY_SERIES = itemgetter(0)
 
 
 class SeriesWriter:
@@ -254,9 +251,9 @@ class SeriesWriter:
         # In key order, consecutive rows land on the same B-tree pages; for a batch spread over many
         # series that is fewer page reads and splits. A repeated (series, ts) keeps its last value
         # because the sort is stable.
-        rows.sort(key=_row_key)
-        newest.sort(key=_newest_key)
+        rows.sort(key=_BY_SERIES_AND_TS)
         latest = [(sid, ts, value) for ts, value, sid in newest]
+        latest.sort(key=_BY_SERIES)
         return list(chain.from_iterable(rows)), list(chain.from_iterable(latest)), len(rows)
 
     @staticmethod

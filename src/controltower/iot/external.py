@@ -14,6 +14,7 @@ import paho.mqtt.client as mqtt
 
 from controltower.iot import topics
 from controltower.iot.hub import Hub
+from controltower.iot.mqtt_client import BufferedClient
 
 log = logging.getLogger("controltower.iot.external")
 
@@ -42,7 +43,7 @@ class ExternalBroker:
         self.host = parts.hostname
         self.port = parts.port or (8883 if parts.scheme == "mqtts" else 1883)
         # A persistent session under a stable id: the broker queues what devices send while the server is down.
-        self.client = mqtt.Client(
+        self.client = BufferedClient(
             mqtt.CallbackAPIVersion.VERSION2, client_id=server_client_id(hub.ctx.settings.data_dir),
             clean_session=False,
         )
@@ -53,7 +54,9 @@ class ExternalBroker:
         self.client.on_connect = self._on_connect
         self.client.on_message = self._on_message
         self.client.on_disconnect = self._on_disconnect
+        self.client.after_read = self._hand_off
         self.connected = False
+        self._received: list[tuple[str, bytes]] = []
 
     def _on_connect(self, client: mqtt.Client, _userdata: Any, _flags: Any, reason: Any, _props: Any) -> None:
         if reason.is_failure:
@@ -68,10 +71,15 @@ class ExternalBroker:
         log.warning("disconnected from external MQTT broker %s:%d (%s); reconnecting", self.host, self.port, reason)
 
     def _on_message(self, _client: mqtt.Client, _userdata: Any, msg: mqtt.MQTTMessage) -> None:
-        try:
-            self.hub.message(msg.topic, msg.payload, "mqtt", wait=True)  # back-pressure: the broker queues
-        except Exception:
-            log.exception("handing %s to the hub failed", msg.topic)
+        self._received.append((msg.topic, msg.payload))  # handed to the hub together once the read is done
+
+    def _hand_off(self) -> None:
+        received, self._received = self._received, []
+        if received:
+            try:
+                self.hub.messages(received, "mqtt")  # waits while the hub is full: the broker queues meanwhile
+            except Exception:
+                log.exception("handing %d messages to the hub failed", len(received))
 
     async def start(self) -> None:
         self.client.reconnect_delay_set(1, 30)

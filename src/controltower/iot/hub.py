@@ -4,14 +4,14 @@ changes; one worker thread stores them in batches, keeps dead letters, and deliv
 from __future__ import annotations
 
 import logging
-import queue
 import threading
 import time
-from collections import Counter
+from collections import Counter, defaultdict
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from sqlalchemy import bindparam, func, select, update
+from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
 from controltower.core.auth import Role, authenticate
@@ -20,6 +20,7 @@ from controltower.core.db import utcnow
 from controltower.core.series import RawSample
 from controltower.iot import commands, deadletters, presence, topics
 from controltower.iot.filechunks import Reassembler
+from controltower.iot.jobqueue import JobQueue
 from controltower.iot.models import Device
 from controltower.iot.payloads import (
     Rejected,
@@ -33,7 +34,7 @@ from controltower.iot.store import record_file, store_attributes, store_readings
 log = logging.getLogger("controltower.iot.hub")
 
 QUEUE_MAX = 100_000
-BATCH_MAX = 500
+BATCH_MAX = 1000
 DROP_LOG_EVERY_S = 10.0
 
 
@@ -73,18 +74,21 @@ class BatchWrites:
 
     samples: list[RawSample] = field(default_factory=list)
     seen: Counter[str] = field(default_factory=Counter)
+    statuses: dict[str, str] = field(default_factory=dict)  # the batch's known devices -> status, kept current
 
     def write(self, ctx: Context, session: Session) -> None:
         if self.samples:
             ctx.series.write(self.samples, session=session)
-        if self.seen:
-            table = Device.__table__
+        # One UPDATE per distinct count (a batch has few: most devices sent once or twice), not one per device.
+        by_count: defaultdict[int, list[str]] = defaultdict(list)
+        for device_id, count in self.seen.items():
+            by_count[count].append(device_id)
+        table, now = Device.__table__, utcnow()
+        for count, device_ids in by_count.items():
             session.execute(
                 update(table)
-                .where(table.c.id == bindparam("device"))
-                .values(messages_received=func.coalesce(table.c.messages_received, 0) + bindparam("count"),
-                        last_seen_at=bindparam("now")),
-                [{"device": d, "count": n, "now": utcnow()} for d, n in self.seen.items()],
+                .where(table.c.id.in_(device_ids))
+                .values(messages_received=func.coalesce(table.c.messages_received, 0) + count, last_seen_at=now)
             )
 
 
@@ -105,7 +109,7 @@ class Hub:
         self.ctx = ctx
         self.transport: Transport | None = None
         self.stats: Counter[str] = Counter()
-        self._queue: queue.Queue[Job | None] = queue.Queue(QUEUE_MAX)
+        self._queue: JobQueue[Job | None] = JobQueue(QUEUE_MAX)
         self._lock = threading.Lock()
         self._connections: Counter[str] = Counter()
         self._ready: set[str] = set()
@@ -126,7 +130,7 @@ class Hub:
 
     def stop_worker(self, timeout: float = 10.0) -> None:
         if self._thread is not None:
-            self._queue.put(None)
+            self._queue.put(None, wait=True)
             self._thread.join(timeout)
             self._thread = None
         self.uploads.close()
@@ -150,6 +154,13 @@ class Hub:
 
         With `wait`, a full queue makes the caller wait (an external broker's client: the broker keeps the
         messages meanwhile) instead of dropping the message (the embedded broker, which must not block)."""
+        self._enqueue(self._job(topic, payload, source), wait)
+
+    def messages(self, received: Sequence[tuple[str, bytes]], source: str = "mqtt") -> None:
+        """Many messages at once, in order, waiting while the queue is full (an external broker's client)."""
+        self._queue.put_many([self._job(topic, payload, source) for topic, payload in received], wait=True)
+
+    def _job(self, topic: str, payload: bytes, source: str) -> Job:
         self.stats["received"] += 1
         parsed = topics.parse(topic)
         device_id = parsed.device_id if parsed else ""
@@ -157,9 +168,8 @@ class Hub:
         if len(payload) > limit:
             reason = f"body: {len(payload)} bytes; the limit is {limit} (CT_IOT_MESSAGE_MAX_BYTES)"
             kept = payload[: deadletters.PAYLOAD_KEEP]
-            self._enqueue(Job("reject", device_id, topic, kept, source, Rejected("oversize", reason)), wait)
-            return
-        self._enqueue(Job("message", device_id, topic, payload, source), wait)
+            return Job("reject", device_id, topic, kept, source, Rejected("oversize", reason))
+        return Job("message", device_id, topic, payload, source)
 
     def connected(self, device_id: str) -> None:
         with self._lock:
@@ -220,18 +230,13 @@ class Hub:
         """Wait until everything queued so far is processed (tests, shutdown)."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            if self._queue.unfinished_tasks == 0:
+            if self._queue.unfinished == 0:
                 return True
             time.sleep(0.01)
         return False
 
     def _enqueue(self, job: Job, wait: bool = False) -> None:
-        try:
-            if wait:
-                self._queue.put(job)
-            else:
-                self._queue.put_nowait(job)
-        except queue.Full:
+        if not self._queue.put(job, wait):
             self.stats["dropped"] += 1
             now = time.monotonic()
             if now - self._dropped_logged_at >= DROP_LOG_EVERY_S:  # one line, not one per message
@@ -243,30 +248,16 @@ class Hub:
 
     def _run(self) -> None:
         while True:
-            first = self._queue.get()
-            if first is None:
-                self._queue.task_done()
-                return
-            batch = [first]
-            stop = False
-            while len(batch) < BATCH_MAX:
-                try:
-                    job = self._queue.get_nowait()
-                except queue.Empty:
-                    break
-                if job is None:
-                    stop = True
-                    self._queue.task_done()
-                    break
-                batch.append(job)
+            taken = self._queue.get_batch(BATCH_MAX)
+            batch = [job for job in taken if job is not None]  # None: stop (after what came with it)
             try:
-                self._process(batch)
+                if batch:
+                    self._process(batch)
             except Exception:
                 log.exception("iot ingestion batch failed")
             finally:
-                for _ in batch:
-                    self._queue.task_done()
-            if stop:
+                self._queue.done(len(taken))
+            if len(batch) < len(taken):
                 return
 
     def _process(self, batch: list[Job]) -> None:
@@ -274,16 +265,15 @@ class Hub:
         try:
             with self.ctx.db.session() as session:
                 # One query for the batch's devices and one series write for all its numbers: per message,
-                # those were most of the cost.
-                # The list keeps them in the session's identity map (it holds objects weakly), so
-                # session.get() finds them there without a query.
+                # those were most of the cost. Telemetry of an online device needs only the device's id and
+                # status; loading Device objects (the rare paths) is left to session.get.
                 ids = {job.device_id for job in batch if job.device_id}
-                devices = session.scalars(select(Device).where(Device.id.in_(ids))).all() if ids else []
-                writes = BatchWrites()
+                table = Device.__table__
+                known = session.execute(select(table.c.id, table.c.status).where(table.c.id.in_(ids))).all()
+                writes = BatchWrites(statuses={device_id: status for device_id, status in known})
                 for job in batch:
                     self._handle(session, job, outbox, writes)
                 writes.write(self.ctx, session)
-                del devices
         except Exception:
             log.exception("iot batch of %d failed; storing its messages one by one", len(batch))
             outbox = []
@@ -328,16 +318,27 @@ class Hub:
             for command in commands.take_pending(self.ctx, session, job.device_id):
                 outbox.append((topics.topic(job.device_id, topics.COMMANDS), commands.message(command)))
             return
-        device = session.get(Device, job.device_id) if job.device_id else None
-        if job.kind in ("connected", "disconnected"):
-            if device is not None:
-                status = presence.ONLINE if job.kind == "connected" else presence.OFFLINE
-                presence.set_status(self.ctx, session, device, status, "mqtt")
-            return
         try:
+            if writes is not None and writes.statuses.get(job.device_id) == presence.ONLINE and job.kind == "message":
+                parsed = topics.parse(job.topic)
+                if parsed is not None and parsed.channel == topics.TELEMETRY and not parsed.rest:
+                    self._telemetry(session, job.device_id, job.payload, writes.samples)
+                    writes.seen[job.device_id] += 1
+                    self.stats["stored"] += 1
+                    return
+            device = session.get(Device, job.device_id) if job.device_id else None
+            if job.kind in ("connected", "disconnected"):
+                if device is not None:
+                    status = presence.ONLINE if job.kind == "connected" else presence.OFFLINE
+                    presence.set_status(self.ctx, session, device, status, "mqtt")
+                    if writes is not None:
+                        writes.statuses[device.id] = device.status
+                return
             if device is None:
                 raise Rejected("unknown_device", f"topic: no device with id {job.device_id!r} ({job.topic})")
             self.store(session, device, job.topic, job.payload, job.source, writes)
+            if writes is not None:
+                writes.statuses[device.id] = device.status
             self.stats["stored"] += 1
         except Rejected as exc:
             self._reject(session, job, exc)
@@ -358,14 +359,9 @@ class Hub:
         parsed = topics.parse(topic)
         if parsed is None or parsed.device_id != device.id:
             raise Rejected("invalid", f"topic: {topic!r} is not under {topics.device_prefix(device.id)}")
-        now = time.time()
         outcome = Outcome()
         if parsed.channel == topics.TELEMETRY and not parsed.rest:
-            readings = parse_telemetry(load_json(payload), now)
-            outcome.readings = len(readings)
-            outcome.numbers, outcome.attributes = store_readings(
-                self.ctx, session, device.id, readings, writes.samples if writes else None
-            )
+            outcome = self._telemetry(session, device.id, payload, writes.samples if writes else None)
         elif parsed.channel == topics.ATTRIBUTES and not parsed.rest:
             values = parse_attributes(load_json(payload))
             outcome.attributes = store_attributes(session, device.id, values, utcnow())
@@ -395,6 +391,11 @@ class Hub:
             if via == "http" or device.status != presence.ONLINE:  # a status change (rare): as usual
                 presence.seen(self.ctx, session, device, via)
         return outcome
+
+    def _telemetry(self, session: Session, device_id: str, payload: bytes, batch: list[RawSample] | None) -> Outcome:
+        readings = parse_telemetry(load_json(payload), time.time())
+        numbers, attributes = store_readings(self.ctx, session, device_id, readings, batch)
+        return Outcome(readings=len(readings), numbers=numbers, attributes=attributes)
 
     def _status(self, session: Session, device: Device, payload: bytes) -> None:
         text = payload.decode("utf-8", errors="replace").strip().strip('"').lower()

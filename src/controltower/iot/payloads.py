@@ -11,12 +11,12 @@ from typing import Any
 import orjson
 
 from controltower.core.series import NAME_PATTERN
+from controltower.core.series_write import MAX_TS
 
 SERIES_PREFIX = "iot."
 KEY_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_.:-]{0,127}\Z")
 SERIES_KEY_RE = re.compile(NAME_PATTERN + r"\Z")
 MAX_READINGS = 10_000
-MAX_TS = 1e11  # epoch seconds; larger is almost surely milliseconds
 
 
 class Rejected(ValueError):
@@ -57,7 +57,7 @@ def parse_ts(value: Any, where: str, now: float) -> float:
     if isinstance(value, bool):
         raise Rejected("invalid", f"{where}: must be epoch seconds or an ISO 8601 string, not a boolean")
     if isinstance(value, int | float):
-        if not math.isfinite(value) or value < 0 or value > MAX_TS:
+        if not math.isfinite(value) or value < 0 or value >= MAX_TS:
             raise Rejected("invalid", f"{where}: {value!r} is not epoch seconds (milliseconds?)")
         return float(value)
     if isinstance(value, str):
@@ -67,7 +67,10 @@ def parse_ts(value: Any, where: str, now: float) -> float:
             raise Rejected("invalid", f"{where}: {value!r} is not an ISO 8601 time") from None
         if parsed.tzinfo is None:
             parsed = parsed.replace(tzinfo=dt.UTC)
-        return parsed.timestamp()
+        ts = parsed.timestamp()
+        if not 0 <= ts < MAX_TS:
+            raise Rejected("invalid", f"{where}: {value!r} is outside the years 1970 to 5138")
+        return ts
     raise Rejected("invalid", f"{where}: must be epoch seconds or an ISO 8601 string, not {type(value).__name__}")
 
 

@@ -30,6 +30,7 @@ import paho.mqtt.client as mqtt
 from controltower.client import Client
 from controltower.iot import topics
 from controltower.iot.device import File, Handlers, Message
+from controltower.iot.mqtt_client import BufferedClient
 
 log = logging.getLogger("controltower.iot.simulate")
 
@@ -181,8 +182,8 @@ class Simulator:
             self.stats[key] += n
 
     def _make(self, device: SimDevice, index: int, rng: random.Random) -> _Sim:
-        client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"{device.id}-sim-{rng.getrandbits(32):08x}",
-                             clean_session=True)
+        client_id = f"{device.id}-sim-{rng.getrandbits(32):08x}"
+        client = BufferedClient(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id, clean_session=True)
         client.username_pw_set(device.id, device.token)
         client.will_set(topics.topic(device.id, topics.STATUS), b"offline", qos=1, retain=True)
         client.max_queued_messages_set(QUEUED_MAX)
