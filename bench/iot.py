@@ -64,6 +64,21 @@ def _listening(port: int) -> bool:
         return sock.connect_ex(("127.0.0.1", port)) == 0
 
 
+def _port_below_ephemeral() -> int:
+    import random
+    import socket
+
+    low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    for port in random.sample(range(20_000, low), 200):
+        with socket.socket() as sock:
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    raise RuntimeError("no free port below the ephemeral range")
+
+
 def _stored_messages(db_url: str) -> int:
     """Messages persisted: each device's count is committed with its messages' samples. (Counting samples
     would merge two messages a lagging simulated device sent within the same millisecond.)"""
@@ -165,6 +180,62 @@ def _telemetry_run(srv: RunningServer, admin_srv: RunningServer, port: int, flee
         shutil.copy(srv.log_path, Path(tempfile.gettempdir()) / "ctower-bench-iot-server.log")
 
 
+def backlog(devices: int, rate: float, seconds: float, qos: int = 1) -> dict[str, object]:
+    """The server's own capacity through Mosquitto: the devices publish while the server is stopped (its
+    persistent session makes Mosquitto keep everything), then the server starts and drains the backlog with
+    no load generator competing for the two cores; messages/s from the first message stored to the last."""
+    with TemporaryDirectory() as tmp:
+        root = Path(tmp)
+        db_url = f"sqlite:///{root / 'data' / 'ctower.db'}"
+        setup = start_server(root / "data", env={"CT_MQTT_PORT": "0"})
+        with setup.client() as admin:
+            fleet = provision(admin, devices)
+        setup.stop()
+        with _mosquitto(root, fleet) as (port, broker_pid):
+            url = f"mqtt://{SERVER_USER}:{SERVER_PASSWORD}@127.0.0.1:{port}"
+            # A port outside the ephemeral range: the 1,000 devices connecting while it is stopped could take it.
+            srv = RunningServer(data_dir=root / "data", port=_port_below_ephemeral(), env={"CT_MQTT_URL": url},
+                                args=["--no-agent"])
+            srv.start()  # ready = subscribed with its persistent session
+            srv.stop()
+            try:
+                with Simulator(fleet, port=port, rate=rate, qos=qos, seed=1) as sim:
+                    if not sim.wait_connected(timeout=300):
+                        raise RuntimeError(f"only {sim.snapshot()['connected']} of {devices} devices connected")
+                    time.sleep(seconds)
+                # Telemetry the devices sent (status messages are acknowledged too, and are not counted as
+                # stored): anything a device had not handed over when it stopped would count as lost.
+                queued = sim.snapshot()["sent"]
+                before = _stored_messages(db_url)
+                srv.start()
+                first = wait_for(lambda: (n := _stored_messages(db_url)) > before and n, timeout=120,
+                                 message="first message stored")
+                started = time.monotonic()
+                server = ProcessMeter(srv.proc.pid)
+                broker_meter = ProcessMeter(broker_pid)
+                stored, last_growth = _drain(db_url, before + queued, quiet_s=10)
+                elapsed = last_growth - started
+                server_figures, broker_figures = server.stop(), broker_meter.stop()
+            finally:
+                srv.stop()
+                shutil.copy(srv.log_path, Path(tempfile.gettempdir()) / "ctower-bench-iot-server.log")
+    return {
+        "benchmark": "iot-backlog",
+        "broker": "mosquitto",
+        "devices": devices,
+        "qos": qos,
+        "sent_while_stopped": queued,
+        "stored": stored - before,
+        "lost": max(0, queued - (stored - before)),
+        "seconds": round(elapsed, 1),
+        "messages_per_s": round((stored - first) / elapsed),
+        "server_cpu_percent": round(server_figures["cpu_s"] / elapsed * 100, 1),
+        "server_rss_mb": server_figures["rss_max_mb"],
+        "mosquitto_cpu_percent": round(broker_figures["cpu_s"] / elapsed * 100, 1),
+        "machine": _machine(),
+    }
+
+
 def commands(devices: int, count: int) -> dict[str, object]:
     """`count` commands, one after another, to idle devices on the embedded broker through the
     `iot.send_command` action: from the API call to the device's answer stored and returned."""
@@ -248,6 +319,11 @@ def main() -> None:
     tel.add_argument("--rate", type=float, default=5.0, help="messages/s per device")
     tel.add_argument("--seconds", type=float, default=30)
     tel.add_argument("--qos", type=int, choices=[0, 1], default=1)
+    blg = sub.add_parser("backlog")
+    blg.add_argument("--devices", type=int, default=1000)
+    blg.add_argument("--rate", type=float, default=10.0, help="messages/s per device while the server is stopped")
+    blg.add_argument("--seconds", type=float, default=30)
+    blg.add_argument("--qos", type=int, choices=[0, 1], default=1)
     cmd = sub.add_parser("commands")
     cmd.add_argument("--devices", type=int, default=1000)
     cmd.add_argument("--count", type=int, default=1000)
@@ -256,6 +332,8 @@ def main() -> None:
     args = parser.parse_args()
     if args.what == "telemetry":
         result = telemetry(args.broker, args.devices, args.rate, args.seconds, args.qos)
+    elif args.what == "backlog":
+        result = backlog(args.devices, args.rate, args.seconds, args.qos)
     elif args.what == "commands":
         result = commands(args.devices, args.count)
     else:

@@ -96,3 +96,22 @@ def test_after_the_broker_drops_it_the_client_reconnects_and_reads_cleanly(mosqu
         sender.loop_stop()
         receiver.disconnect()
         receiver.loop_stop()
+
+
+def test_filtered_callbacks_still_take_their_messages(mosquitto: Mosquitto) -> None:
+    receiver = _client(BufferedClient, mosquitto)
+    sender = _client(mqtt.Client, mosquitto)
+    try:
+        filtered: list[bytes] = []
+        receiver.message_callback_add("ct/f/special/#", lambda _c, _u, msg: filtered.append(msg.payload))
+        collector = _Collector(receiver, "ct/f/#")
+        sender.publish("ct/f/special/x", b"to the filter", qos=1).wait_for_publish(10)
+        sender.publish("ct/f/plain", b"to on_message", qos=1).wait_for_publish(10)
+        wait_for(lambda: filtered and collector.count(), message="both messages")
+        assert filtered == [b"to the filter"]
+        assert collector.received == [("ct/f/plain", b"to on_message")]
+    finally:
+        sender.disconnect()
+        sender.loop_stop()
+        receiver.disconnect()
+        receiver.loop_stop()

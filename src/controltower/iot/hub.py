@@ -57,7 +57,7 @@ class Transport(Protocol):
         """Drop the device's live sessions (its token was revoked); how many were dropped."""
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)  # not frozen: a frozen dataclass costs a setattr call per field, per message
 class Job:
     kind: str  # message | reject | connected | disconnected | deliver
     device_id: str
@@ -65,6 +65,7 @@ class Job:
     payload: bytes = b""
     source: str = "mqtt"
     refusal: Rejected | None = None  # for `reject`: refused before it was queued
+    parsed: topics.DeviceTopic | None = None  # for `message`: its topic, parsed when it was queued
 
 
 @dataclass
@@ -169,7 +170,7 @@ class Hub:
             reason = f"body: {len(payload)} bytes; the limit is {limit} (CT_IOT_MESSAGE_MAX_BYTES)"
             kept = payload[: deadletters.PAYLOAD_KEEP]
             return Job("reject", device_id, topic, kept, source, Rejected("oversize", reason))
-        return Job("message", device_id, topic, payload, source)
+        return Job("message", device_id, topic, payload, source, None, parsed)
 
     def connected(self, device_id: str) -> None:
         with self._lock:
@@ -320,7 +321,7 @@ class Hub:
             return
         try:
             if writes is not None and writes.statuses.get(job.device_id) == presence.ONLINE and job.kind == "message":
-                parsed = topics.parse(job.topic)
+                parsed = job.parsed
                 if parsed is not None and parsed.channel == topics.TELEMETRY and not parsed.rest:
                     self._telemetry(session, job.device_id, job.payload, writes.samples)
                     writes.seen[job.device_id] += 1
