@@ -115,3 +115,39 @@ def test_filtered_callbacks_still_take_their_messages(mosquitto: Mosquitto) -> N
         sender.loop_stop()
         receiver.disconnect()
         receiver.loop_stop()
+
+
+def test_bulk_acknowledgements_reach_the_broker(mosquitto: Mosquitto) -> None:
+    """A persistent session that acknowledged everything gets nothing again when it comes back."""
+    client_id = f"t-{uuid.uuid4().hex[:8]}"
+
+    def persistent() -> BufferedClient:
+        client = BufferedClient(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id, clean_session=False)
+        client.username_pw_set(SERVER_USER, SERVER_PASSWORD)
+        client.connect("127.0.0.1", mosquitto.port, 30)
+        client.loop_start()
+        wait_for(client.is_connected, message="connected")
+        return client
+
+    receiver = persistent()
+    sender = _client(mqtt.Client, mosquitto)
+    try:
+        collector = _Collector(receiver, "ct/a/#")
+        infos = [sender.publish("ct/a/x", b"%d" % i, qos=1) for i in range(2000)]
+        for info in infos:
+            info.wait_for_publish(30)
+        wait_for(lambda: collector.count() >= 2000, timeout=60, message="every message")
+        wait_for(lambda: not receiver._out_packet, message="acknowledgements sent")
+        receiver.disconnect()
+        receiver.loop_stop()
+        receiver = persistent()  # same session: unacknowledged messages would be delivered again
+        again = _Collector(receiver, "ct/a/#")
+        sender.publish("ct/a/x", b"last", qos=1).wait_for_publish(10)
+        wait_for(lambda: again.count() >= 1, message="the next message")
+        assert again.received == [("ct/a/x", b"last")]
+        assert collector.received == [("ct/a/x", b"%d" % i) for i in range(2000)]
+    finally:
+        sender.disconnect()
+        sender.loop_stop()
+        receiver.disconnect()
+        receiver.loop_stop()

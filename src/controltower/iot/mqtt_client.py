@@ -1,4 +1,5 @@
-"""A paho MQTT client that reads its socket in large chunks: one recv for many packets instead of three per packet."""
+"""A paho MQTT client that reads its socket in large chunks (one recv for many packets instead of three per packet)
+and acknowledges them in bulk."""
 
 from __future__ import annotations
 
@@ -9,6 +10,11 @@ import paho.mqtt.client as mqtt
 from paho.mqtt.matcher import MQTTMatcher
 
 READ_CHUNK = 64 * 1024  # under malloc's mmap threshold: a recv buffer must not cost an mmap
+ACKS_PER_SEND = 4096
+
+
+def _is_fresh_ack(packet: Any) -> bool:
+    return (packet["command"] & 0xF0) == mqtt.PUBACK and packet["pos"] == 0
 
 
 class _Filters(MQTTMatcher):
@@ -48,14 +54,37 @@ class BufferedClient(mqtt.Client):
         return self._read_buffer[start:end]
 
     def loop_read(self, max_packets: int = 1) -> mqtt.MQTTErrorCode:
+        # paho wakes its network thread through a socket pair for every packet it queues (a syscall per
+        # acknowledgement). Packets queued while that thread reads need no wake-up: it is not in select(),
+        # and its next turn writes whatever is queued. Another thread queueing meanwhile appends its packet
+        # before it looks for the pair, so that turn sees it too.
+        wake, self._sockpairW = self._sockpairW, None
         try:
             rc = super().loop_read(max_packets)
             while rc == mqtt.MQTTErrorCode.MQTT_ERR_SUCCESS and self.buffered() and self._sock is not None:
                 rc = super().loop_read(1)
             return rc
         finally:
+            if self._sockpairW is None:
+                self._sockpairW = wake
             if self.after_read is not None:
                 self.after_read()
+
+    def _packet_write(self) -> mqtt.MQTTErrorCode:
+        self._join_acks()
+        return super()._packet_write()
+
+    def _join_acks(self) -> None:
+        """The PUBACKs waiting at the head of the queue go out as one send instead of one each."""
+        queue = self._out_packet
+        if len(queue) < 2 or not _is_fresh_ack(queue[0]) or not _is_fresh_ack(queue[1]):
+            return
+        first = queue[0]
+        parts: list[bytes] = []
+        while queue and _is_fresh_ack(queue[0]) and len(parts) < ACKS_PER_SEND:
+            parts.append(bytes(queue.popleft()["packet"]))
+        joined = b"".join(parts)
+        queue.appendleft({**first, "packet": joined, "to_process": len(joined)})
 
     def buffered(self) -> int:
         """Bytes read from the socket that no packet has consumed yet."""
