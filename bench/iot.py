@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import multiprocessing
 import os
 import platform
 import shutil
@@ -12,8 +13,11 @@ import statistics
 import subprocess
 import tempfile
 import time
+from collections import Counter
 from collections.abc import Iterator
 from contextlib import contextmanager
+from multiprocessing.connection import Connection
+from multiprocessing.process import BaseProcess
 from pathlib import Path
 from tempfile import TemporaryDirectory
 
@@ -79,6 +83,69 @@ def _port_below_ephemeral() -> int:
     raise RuntimeError("no free port below the ephemeral range")
 
 
+def _simulate_in_child(conn: Connection, fleet: list[SimDevice], port: int, rate: float, qos: int, seed: int) -> None:
+    """A child process's simulator, answering `snapshot` and `stop` over its pipe."""
+    sim = Simulator(fleet, port=port, rate=rate, qos=qos, seed=seed).start()
+    while True:
+        command = conn.recv()
+        if command == "stop":
+            sim.stop()
+            conn.send(sim.snapshot())
+            return
+        conn.send(sim.snapshot())
+
+
+class SimulatorProcesses:
+    """The fleet split over `processes` simulator processes (one simulator thread tops out near one core),
+    with the Simulator's start / wait_connected / snapshot / stop."""
+
+    def __init__(self, fleet: list[SimDevice], port: int, rate: float, qos: int, seed: int, processes: int) -> None:
+        context = multiprocessing.get_context("spawn")
+        self.total = len(fleet)
+        self._conns: list[Connection] = []
+        self._procs: list[BaseProcess] = []
+        self._final: dict[str, int] | None = None  # the counts when stopped
+        for i in range(processes):
+            parent, child = context.Pipe()
+            proc = context.Process(target=_simulate_in_child, daemon=True,
+                                   args=(child, fleet[i::processes], port, rate, qos, seed + i))
+            self._conns.append(parent)
+            self._procs.append(proc)
+
+    def start(self) -> SimulatorProcesses:
+        for proc in self._procs:
+            proc.start()
+        return self
+
+    @property
+    def pids(self) -> list[int]:
+        return [proc.pid for proc in self._procs if proc.pid is not None]
+
+    def _ask(self, command: str) -> dict[str, int]:
+        for conn in self._conns:
+            conn.send(command)
+        total: Counter[str] = Counter()
+        for conn in self._conns:
+            total.update(conn.recv())
+        return dict(total)
+
+    def snapshot(self) -> dict[str, int]:
+        return self._final if self._final is not None else self._ask("snapshot")
+
+    def wait_connected(self, timeout: float = 60.0) -> bool:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.snapshot().get("connected", 0) >= self.total:
+                return True
+            time.sleep(0.2)
+        return False
+
+    def stop(self) -> None:
+        self._final = self._ask("stop")
+        for proc in self._procs:
+            proc.join(30)
+
+
 def _stored_messages(db_url: str) -> int:
     """Messages persisted: each device's count is committed with its messages' samples. (Counting samples
     would merge two messages a lagging simulated device sent within the same millisecond.)"""
@@ -102,15 +169,17 @@ def _drain(db_url: str, target: int, quiet_s: float = 30.0, limit_s: float = 300
     return last, last_change
 
 
-def telemetry(broker: str, devices: int, rate: float, seconds: float, qos: int = 1) -> dict[str, object]:
-    """`devices` sensors each sending `rate` messages/s for `seconds`; messages/s stored end to end."""
+def telemetry(broker: str, devices: int, rate: float, seconds: float, qos: int = 1,
+              processes: int = 1) -> dict[str, object]:
+    """`devices` sensors each sending `rate` messages/s for `seconds` (from `processes` simulator processes);
+    messages/s stored end to end."""
     with TemporaryDirectory() as tmp:
         root = Path(tmp)
         db_url = f"sqlite:///{root / 'data' / 'ctower.db'}"
         if broker == "embedded":
             srv = start_server(root / "data")
             return _telemetry_run(srv, srv, int(srv.env["CT_MQTT_PORT"]), None, devices, rate, seconds, qos,
-                                  db_url, broker)
+                                  db_url, broker, processes=processes)
         # Devices first (through a server without MQTT), so Mosquitto starts with every password.
         setup = start_server(root / "data", env={"CT_MQTT_PORT": "0"})
         with setup.client() as admin:
@@ -119,17 +188,22 @@ def telemetry(broker: str, devices: int, rate: float, seconds: float, qos: int =
         with _mosquitto(root, fleet) as (port, broker_pid):
             url = f"mqtt://{SERVER_USER}:{SERVER_PASSWORD}@127.0.0.1:{port}"
             srv = start_server(root / "data", env={"CT_MQTT_URL": url})
-            return _telemetry_run(srv, srv, port, fleet, devices, rate, seconds, qos, db_url, broker, broker_pid)
+            return _telemetry_run(srv, srv, port, fleet, devices, rate, seconds, qos, db_url, broker, broker_pid,
+                                  processes)
 
 
 def _telemetry_run(srv: RunningServer, admin_srv: RunningServer, port: int, fleet: list[SimDevice] | None,
                    devices: int, rate: float, seconds: float, qos: int, db_url: str, broker: str,
-                   broker_pid: int | None = None) -> dict[str, object]:
+                   broker_pid: int | None = None, processes: int = 1) -> dict[str, object]:
     try:
         if fleet is None:
             with admin_srv.client() as admin:
                 fleet = provision(admin, devices)
-        sim = Simulator(fleet, port=port, rate=rate, qos=qos, seed=1)
+        sim: Simulator | SimulatorProcesses
+        if processes > 1:
+            sim = SimulatorProcesses(fleet, port, rate, qos, seed=1, processes=processes)
+        else:
+            sim = Simulator(fleet, port=port, rate=rate, qos=qos, seed=1)
         sim.start()
         if not sim.wait_connected(timeout=300):
             raise RuntimeError(f"only {sim.snapshot()['connected']} of {devices} devices connected")
@@ -141,11 +215,12 @@ def _telemetry_run(srv: RunningServer, admin_srv: RunningServer, port: int, flee
         base_sent = sim.snapshot()[ack_key]
         server = ProcessMeter(srv.proc.pid)
         broker_meter = ProcessMeter(broker_pid) if broker_pid else None
-        load = ProcessMeter(os.getpid())
+        load = [ProcessMeter(pid) for pid in [os.getpid(), *getattr(sim, "pids", [])]]
         started = time.monotonic()
         while time.monotonic() - started < seconds:
             time.sleep(1.0)
             server.sample()
+        load_cpu = round(sum(meter.stop()["cpu_percent"] for meter in load), 1)  # before its processes end
         sim.stop()
         stopped = time.monotonic()
         sent = sim.snapshot()[ack_key] - base_sent
@@ -167,7 +242,8 @@ def _telemetry_run(srv: RunningServer, admin_srv: RunningServer, port: int, flee
             "drain_s": round(max(0.0, last_growth - stopped), 1),
             "server_cpu_percent": round(server_figures["cpu_s"] / elapsed * 100, 1),
             "server_rss_mb": server_figures["rss_max_mb"],
-            "load_generator_cpu_percent": load.stop()["cpu_percent"],
+            "load_generator_processes": processes,
+            "load_generator_cpu_percent": load_cpu,
             "machine": _machine(),
         }
         if broker_meter is not None:
@@ -319,6 +395,7 @@ def main() -> None:
     tel.add_argument("--rate", type=float, default=5.0, help="messages/s per device")
     tel.add_argument("--seconds", type=float, default=30)
     tel.add_argument("--qos", type=int, choices=[0, 1], default=1)
+    tel.add_argument("--processes", type=int, default=1, help="simulator processes sharing the fleet")
     blg = sub.add_parser("backlog")
     blg.add_argument("--devices", type=int, default=1000)
     blg.add_argument("--rate", type=float, default=10.0, help="messages/s per device while the server is stopped")
@@ -331,7 +408,7 @@ def main() -> None:
     idl.add_argument("--devices", type=int, default=1000)
     args = parser.parse_args()
     if args.what == "telemetry":
-        result = telemetry(args.broker, args.devices, args.rate, args.seconds, args.qos)
+        result = telemetry(args.broker, args.devices, args.rate, args.seconds, args.qos, args.processes)
     elif args.what == "backlog":
         result = backlog(args.devices, args.rate, args.seconds, args.qos)
     elif args.what == "commands":
