@@ -50,7 +50,7 @@ def _mosquitto(root: Path, devices: list[SimDevice]) -> Iterator[tuple[int, int]
     # max_queued_messages: the server's persistent session may fall behind for a moment under a burst;
     # Mosquitto's default (1,000 per client) would drop the excess instead of queueing it (docs/iot.md).
     conf.write_text(f"listener {port} 127.0.0.1\nallow_anonymous false\npassword_file {passwd}\nacl_file {acl}\n"
-                    "persistence false\nmax_queued_messages 1000000\nmax_inflight_messages 1000\nuser root\n")
+                    "persistence false\nmax_queued_messages 1000000\nmax_inflight_messages 0\nuser root\n")
     with open(root / "mosquitto.log", "wb") as log:  # a pipe nobody reads would fill and stall Mosquitto
         proc = subprocess.Popen([MOSQUITTO, "-c", str(conf)], stdout=log, stderr=subprocess.STDOUT)
     try:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import sqlite3
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -87,5 +89,36 @@ def test_readyz_is_503_while_the_external_broker_is_unreachable(mosquitto: Mosqu
         answer = wait_for(lambda: (r := httpx.get(server.url + "/readyz", timeout=5)).status_code == 503 and r,
                           message="503 from /readyz")
         assert answer.json()["checks"] == {"started": True, "database": True, "mqtt": False}
+    finally:
+        server.stop()
+
+
+def test_what_a_killed_server_had_received_but_not_stored_is_delivered_again(
+    mosquitto: Mosquitto, tmp_path: Path
+) -> None:
+    """Messages are acknowledged to the broker only once stored, so a SIGKILL loses none of them."""
+    url = f"mqtt://{SERVER_USER}:{SERVER_PASSWORD}@127.0.0.1:{mosquitto.port}"
+    server = start_server(tmp_path / "data", env={"CT_MQTT_URL": url})
+    try:
+        dev = _enrol(server, mosquitto, "ext-killed")
+        client = _connect(mosquitto, dev)
+        count, since = 20_000, time.time() - 86_400
+
+        def stored() -> int:
+            with sqlite3.connect(tmp_path / "data" / "ctower.db") as db:
+                return db.execute("SELECT count(*) FROM samples JOIN series ON series.id = samples.series_id "
+                                  "WHERE series.name = 'iot.seq'").fetchone()[0]
+
+        infos = [client.client.publish(f"ct/d/{dev['id']}/telemetry",
+                                       b'{"ts": %d, "values": {"seq": %d}}' % (since + i, i), qos=1)
+                 for i in range(count)]
+        wait_for(lambda: stored() > 0, timeout=60, message="the first messages stored")
+        server.kill()  # mid-stream: some received, not yet stored
+        assert stored() < count
+        for info in infos:
+            info.wait_for_publish(60)  # every message is the broker's
+        client.close()
+        server.start()
+        wait_for(lambda: stored() == count, timeout=120, message=f"all {count} samples (have {stored()})")
     finally:
         server.stop()

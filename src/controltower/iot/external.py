@@ -43,9 +43,11 @@ class ExternalBroker:
         self.host = parts.hostname
         self.port = parts.port or (8883 if parts.scheme == "mqtts" else 1883)
         # A persistent session under a stable id: the broker queues what devices send while the server is down.
+        # Messages are acknowledged once stored (manual_ack), not when they arrive: the broker keeps what a
+        # killed server had received but not stored, and delivers it again.
         self.client = BufferedClient(
             mqtt.CallbackAPIVersion.VERSION2, client_id=server_client_id(hub.ctx.settings.data_dir),
-            clean_session=False,
+            clean_session=False, manual_ack=True,
         )
         if parts.username:
             self.client.username_pw_set(unquote(parts.username), unquote(parts.password or ""))
@@ -55,23 +57,28 @@ class ExternalBroker:
         self.client.on_message = self._on_message
         self.client.on_disconnect = self._on_disconnect
         self.client.after_read = self._hand_off
+        hub.on_processed = self._acknowledge
         self.connected = False
-        self._received: list[tuple[str, bytes]] = []
+        self._connection = 0  # packet ids belong to one connection: a receipt from an earlier one is void
+        self._received: list[tuple[str, bytes, tuple[int, int] | None]] = []
 
     def _on_connect(self, client: mqtt.Client, _userdata: Any, _flags: Any, reason: Any, _props: Any) -> None:
         if reason.is_failure:
             log.error("external MQTT broker %s:%d refused the server: %s", self.host, self.port, reason)
             return
         self.connected = True
+        self._connection += 1
         client.subscribe([(t, 1) for t in topics.SERVER_SUBSCRIPTIONS])
         log.warning("connected to external MQTT broker %s:%d", self.host, self.port)
 
     def _on_disconnect(self, _client: mqtt.Client, _userdata: Any, _flags: Any, reason: Any, _props: Any) -> None:
         self.connected = False
+        self._connection += 1  # before paho reconnects: no receipt of this connection is acknowledged on the next
         log.warning("disconnected from external MQTT broker %s:%d (%s); reconnecting", self.host, self.port, reason)
 
     def _on_message(self, _client: mqtt.Client, _userdata: Any, msg: mqtt.MQTTMessage) -> None:
-        self._received.append((msg.topic, msg.payload))  # handed to the hub together once the read is done
+        receipt = (self._connection, msg.mid) if msg.qos == 1 else None
+        self._received.append((msg.topic, msg.payload, receipt))  # handed to the hub once the read is done
 
     def _hand_off(self) -> None:
         received, self._received = self._received, []
@@ -80,6 +87,12 @@ class ExternalBroker:
                 self.hub.messages(received, "mqtt")  # waits while the hub is full: the broker queues meanwhile
             except Exception:
                 log.exception("handing %d messages to the hub failed", len(received))
+
+    def _acknowledge(self, receipts: list[tuple[int, int]]) -> None:
+        """The hub processed these: PUBACK them, unless the connection they came on is gone (the broker
+        then delivers them again, and they are stored twice: at least once)."""
+        current = self._connection
+        self.client.ack_many(mid for connection, mid in receipts if connection == current)
 
     async def start(self) -> None:
         self.client.reconnect_delay_set(1, 30)

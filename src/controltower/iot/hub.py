@@ -7,9 +7,9 @@ import logging
 import threading
 import time
 from collections import Counter, defaultdict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Any, Protocol
 
 from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
@@ -66,6 +66,7 @@ class Job:
     source: str = "mqtt"
     refusal: Rejected | None = None  # for `reject`: refused before it was queued
     parsed: topics.DeviceTopic | None = None  # for `message`: its topic, parsed when it was queued
+    receipt: Any = None  # the transport's token for acknowledging it once processed (on_processed)
 
 
 @dataclass
@@ -109,6 +110,7 @@ class Hub:
     def __init__(self, ctx: Context) -> None:
         self.ctx = ctx
         self.transport: Transport | None = None
+        self.on_processed: Callable[[list[Any]], None] | None = None  # receipts of a processed batch
         self.stats: Counter[str] = Counter()
         self._queue: JobQueue[Job | None] = JobQueue(QUEUE_MAX)
         self._lock = threading.Lock()
@@ -157,11 +159,13 @@ class Hub:
         messages meanwhile) instead of dropping the message (the embedded broker, which must not block)."""
         self._enqueue(self._job(topic, payload, source), wait)
 
-    def messages(self, received: Sequence[tuple[str, bytes]], source: str = "mqtt") -> None:
-        """Many messages at once, in order, waiting while the queue is full (an external broker's client)."""
-        self._queue.put_many([self._job(topic, payload, source) for topic, payload in received], wait=True)
+    def messages(self, received: Sequence[tuple[str, bytes, Any]], source: str = "mqtt") -> None:
+        """Many (topic, payload, receipt) at once, in order, waiting while the queue is full (an external
+        broker's client). Once a batch is stored (or dead-lettered), its receipts go to `on_processed`."""
+        self._queue.put_many([self._job(topic, payload, source, receipt) for topic, payload, receipt in received],
+                             wait=True)
 
-    def _job(self, topic: str, payload: bytes, source: str) -> Job:
+    def _job(self, topic: str, payload: bytes, source: str, receipt: Any = None) -> Job:
         self.stats["received"] += 1
         parsed = topics.parse(topic)
         device_id = parsed.device_id if parsed else ""
@@ -169,8 +173,8 @@ class Hub:
         if len(payload) > limit:
             reason = f"body: {len(payload)} bytes; the limit is {limit} (CT_IOT_MESSAGE_MAX_BYTES)"
             kept = payload[: deadletters.PAYLOAD_KEEP]
-            return Job("reject", device_id, topic, kept, source, Rejected("oversize", reason))
-        return Job("message", device_id, topic, payload, source, None, parsed)
+            return Job("reject", device_id, topic, kept, source, Rejected("oversize", reason), None, receipt)
+        return Job("message", device_id, topic, payload, source, None, parsed, receipt)
 
     def connected(self, device_id: str) -> None:
         with self._lock:
@@ -254,12 +258,20 @@ class Hub:
             try:
                 if batch:
                     self._process(batch)
+                    self._acknowledge(batch)
             except Exception:
                 log.exception("iot ingestion batch failed")
             finally:
                 self._queue.done(len(taken))
             if len(batch) < len(taken):
                 return
+
+    def _acknowledge(self, batch: list[Job]) -> None:
+        """Only now may the broker forget them: a server killed before this gets them again."""
+        on_processed = self.on_processed
+        receipts = [job.receipt for job in batch if job.receipt is not None]
+        if on_processed is not None and receipts:
+            on_processed(receipts)
 
     def _process(self, batch: list[Job]) -> None:
         outbox: list[tuple[str, bytes]] = []

@@ -3,7 +3,8 @@ and acknowledges them in bulk."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+import struct
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 import paho.mqtt.client as mqtt
@@ -11,6 +12,7 @@ from paho.mqtt.matcher import MQTTMatcher
 
 READ_CHUNK = 64 * 1024  # under malloc's mmap threshold: a recv buffer must not cost an mmap
 ACKS_PER_SEND = 4096
+_PUBACK = struct.Struct("!BBH")  # MQTT 3.1.1 PUBACK: type, remaining length 2, packet id
 
 
 def _is_fresh_ack(packet: Any) -> bool:
@@ -69,6 +71,13 @@ class BufferedClient(mqtt.Client):
                 self._sockpairW = wake
             if self.after_read is not None:
                 self.after_read()
+
+    def ack_many(self, mids: Iterable[int]) -> None:
+        """With manual_ack: acknowledge these QoS 1 messages, in order, as one queued packet (one wake-up of
+        the network thread and one send, where ack() makes one each). Callable from any thread."""
+        packet = b"".join(_PUBACK.pack(mqtt.PUBACK, 2, mid) for mid in mids)
+        if packet:
+            self._packet_queue(mqtt.PUBACK, packet, 0, 0)
 
     def _packet_write(self) -> mqtt.MQTTErrorCode:
         self._join_acks()
