@@ -6,9 +6,7 @@ import argparse
 import json
 import random
 import statistics
-import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from tempfile import TemporaryDirectory
 from typing import Any
@@ -18,10 +16,9 @@ import psutil
 from tests.e2e.browser import CHROMIUM, CHROMIUM_ARGS, chromium_missing, log_in, open_tab
 from tests.support import start_server
 
+from bench._browser import Pusher, chromium_meter, timed_loads
 from bench._meter import ProcessMeter
-from bench.dashboard_fleet import _chromium_meter
 
-PUSH_INTERVAL_S = 10.0
 # True once the page says it lists all `n` devices and the table shows its first page of rows.
 ALL_LISTED = """n => {
   const count = document.querySelector('[data-testid=device-count]');
@@ -45,31 +42,6 @@ def _push(client: httpx.Client, device: dict[str, str]) -> None:
                 headers={"Authorization": f"Bearer {device['token']}"}).raise_for_status()
 
 
-class _Pusher(threading.Thread):
-    """Every device sends one reading every 10 s over HTTP, until stopped."""
-
-    def __init__(self, pool: ThreadPoolExecutor, clients: list[httpx.Client], devices: list[dict[str, str]]) -> None:
-        super().__init__(daemon=True)
-        self.pool, self.clients, self.devices = pool, clients, devices
-        self.stopped = threading.Event()
-        self.rounds = 0
-        self.errors: list[str] = []
-
-    def push_all(self) -> None:
-        list(self.pool.map(lambda i: _push(self.clients[i % len(self.clients)], self.devices[i]),
-                           range(len(self.devices))))
-
-    def run(self) -> None:
-        while not self.stopped.is_set():
-            started = time.monotonic()
-            try:
-                self.push_all()
-                self.rounds += 1
-            except Exception as exc:  # recorded in the result, the window goes on
-                self.errors.append(f"{exc.__class__.__name__}: {str(exc)[:200]}")
-            self.stopped.wait(max(0.0, PUSH_INTERVAL_S - (time.monotonic() - started)))
-
-
 def run(devices: int = 1000, window_s: float = 60.0, loads: int = 3) -> dict[str, Any]:
     reason = chromium_missing()
     if reason:
@@ -78,15 +50,13 @@ def run(devices: int = 1000, window_s: float = 60.0, loads: int = 3) -> dict[str
 
     with TemporaryDirectory() as tmp:
         srv = start_server(Path(tmp) / "data")
-        pool = ThreadPoolExecutor(8)
-        clients = [httpx.Client(base_url=srv.url, timeout=60) for _ in range(8)]
-        pusher: _Pusher | None = None
+        created: list[dict[str, str]] = []
+        pusher = Pusher(srv.url, devices, lambda client, i: _push(client, created[i]))
         try:
             password = (srv.data_dir / "admin-password").read_text().strip()
             started = time.monotonic()
-            created = _import(srv.url, srv.token, devices)
+            created += _import(srv.url, srv.token, devices)
             import_s = time.monotonic() - started
-            pusher = _Pusher(pool, clients, created)
             pusher.push_all()
             pusher.start()
             with sync_playwright() as pw:
@@ -96,21 +66,16 @@ def run(devices: int = 1000, window_s: float = 60.0, loads: int = 3) -> dict[str
                         page = tab.page
                         log_in(tab, srv.url, "admin", password, "/devices")
                         page.wait_for_function(ALL_LISTED, arg=devices, timeout=120_000)  # warm-up load
-                        load_s = []
-                        for _ in range(loads):
-                            t0 = time.monotonic()
-                            page.goto(srv.url + "/devices")
-                            page.wait_for_function(ALL_LISTED, arg=devices, timeout=120_000)
-                            load_s.append(time.monotonic() - t0)
+                        load_s = timed_loads(page, srv.url + "/devices", ALL_LISTED, devices, loads)
                         t0 = time.monotonic()
-                        page.get_by_label("Search").fill("sensor-0999")
+                        page.get_by_label("Search").fill(f"sensor-{devices - 1:04d}")
                         page.wait_for_function("() => document.querySelector('[data-testid=device-count]')"
                                                ".textContent.startsWith('1 of')", timeout=60_000)
                         search_s = time.monotonic() - t0
                         page.get_by_label("Search").fill("")
                         page.wait_for_function(ALL_LISTED, arg=devices, timeout=120_000)
                         server = ProcessMeter(srv.proc.pid)
-                        chromium = _chromium_meter()
+                        chromium = chromium_meter()
                         deadline = time.monotonic() + window_s
                         while time.monotonic() < deadline:
                             time.sleep(min(5.0, max(0.0, deadline - time.monotonic())))
@@ -120,12 +85,7 @@ def run(devices: int = 1000, window_s: float = 60.0, loads: int = 3) -> dict[str
                 finally:
                     browser.close()
         finally:
-            if pusher is not None:
-                pusher.stopped.set()
-                pusher.join(60)
-            pool.shutdown()
-            for client in clients:
-                client.close()
+            pusher.close()
             srv.stop()
     return {
         "devices": devices,
@@ -138,8 +98,8 @@ def run(devices: int = 1000, window_s: float = 60.0, loads: int = 3) -> dict[str
         "browser_rss_sum_mb": browser_cpu["rss_mb"],
         "server_cpu_percent": server_cpu["cpu_percent"],
         "server_rss_mb": server_cpu["rss_mb"],
-        "push_rounds": pusher.rounds if pusher else 0,
-        "push_errors": pusher.errors[:5] if pusher else [],
+        "push_rounds": pusher.rounds,
+        "push_errors": pusher.errors[:5],
         "machine_cpus": psutil.cpu_count(),
     }
 

@@ -6,10 +6,7 @@ import argparse
 import json
 import random
 import statistics
-import threading
 import time
-from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from tempfile import TemporaryDirectory
 from typing import Any
@@ -19,11 +16,11 @@ import psutil
 from tests.e2e.browser import CHROMIUM, CHROMIUM_ARGS, chromium_missing, log_in, open_tab
 from tests.support import start_server
 
+from bench._browser import PUSH_INTERVAL_S, Pusher, chromium_meter, timed_loads
 from bench._meter import ProcessMeter
 
 METRICS_PATH = "/api/v1/monitor/hosts/metrics"
 HEARTBEAT_PATH = "/api/v1/agents/heartbeat"
-PUSH_INTERVAL_S = 10.0
 CARD = "[data-host]"
 # True once `n` host cards are in the page and laid out (Playwright's "visible": a non-empty box).
 ALL_CARDS_VISIBLE = """n => {
@@ -65,73 +62,6 @@ def _push(client: httpx.Client, token: str, ts: float) -> None:
     client.post(HEARTBEAT_PATH, json={"interval_s": PUSH_INTERVAL_S}, headers=headers).raise_for_status()
 
 
-def _push_all(pool: ThreadPoolExecutor, clients: list[httpx.Client], tokens: list[str], ts: float) -> None:
-    list(pool.map(lambda i: _push(clients[i % len(clients)], tokens[i], ts), range(len(tokens))))
-
-
-class _Pusher(threading.Thread):
-    """Every host sends one sample and one heartbeat every 10 s, as real agents would, until stopped."""
-
-    def __init__(self, pool: ThreadPoolExecutor, clients: list[httpx.Client], tokens: list[str]) -> None:
-        super().__init__(daemon=True)
-        self.pool, self.clients, self.tokens = pool, clients, tokens
-        self.stopped = threading.Event()
-        self.rounds = 0
-        self.errors: list[str] = []
-
-    def run(self) -> None:
-        while not self.stopped.is_set():
-            started = time.monotonic()
-            try:
-                _push_all(self.pool, self.clients, self.tokens, time.time())
-                self.rounds += 1
-            except Exception as exc:  # recorded in the result, the window goes on
-                self.errors.append(f"{exc.__class__.__name__}: {str(exc)[:200]}")
-            self.stopped.wait(max(0.0, PUSH_INTERVAL_S - (time.monotonic() - started)))
-
-
-def _chromium_processes() -> list[psutil.Process]:
-    """The browser process Playwright started (a chromium whose parent is not one) and all its children."""
-    found: list[psutil.Process] = []
-    for proc in psutil.Process().children(recursive=True):
-        try:
-            if "chrom" in proc.name().lower() and "chrom" not in proc.parent().name().lower():
-                found += [proc, *proc.children(recursive=True)]
-        except psutil.NoSuchProcess:
-            continue
-    return found
-
-
-def _cpu_s(proc: psutil.Process) -> float:
-    try:
-        t = proc.cpu_times()
-    except psutil.NoSuchProcess:
-        return 0.0
-    return t.user + t.system
-
-
-def _chromium_meter() -> Callable[[], dict[str, Any]]:
-    """CPU of the browser and its children over a window; children born during it count from zero.
-    A child that exits within the window loses its CPU time (none did in our runs: see `processes`)."""
-    before = {p.pid: (p, _cpu_s(p)) for p in _chromium_processes()}
-    t0 = time.monotonic()
-
-    def stop() -> dict[str, Any]:
-        wall = time.monotonic() - t0
-        now = {p.pid: p for p in _chromium_processes()}
-        cpu = sum(_cpu_s(p) - (before[pid][1] if pid in before else 0.0) for pid, p in now.items())
-        return {
-            "wall_s": round(wall, 1),
-            "cpu_s": round(cpu, 3),
-            "cpu_percent": round(cpu / wall * 100, 2),
-            "processes": len(now),
-            "processes_gone": len(set(before) - set(now)),
-            "rss_mb": round(sum(p.memory_info().rss for p in now.values()) / 2**20, 1),
-        }
-
-    return stop
-
-
 def run(hosts: int = 500, window_s: float = 60.0, loads: int = 3) -> dict[str, Any]:
     reason = chromium_missing()
     if reason:
@@ -140,18 +70,16 @@ def run(hosts: int = 500, window_s: float = 60.0, loads: int = 3) -> dict[str, A
 
     with TemporaryDirectory() as tmp:
         srv = start_server(Path(tmp) / "data")
-        pool = ThreadPoolExecutor(8)
-        clients = [httpx.Client(base_url=srv.url, timeout=60) for _ in range(8)]
-        pusher: _Pusher | None = None
+        tokens: list[str] = []
+        pusher = Pusher(srv.url, hosts, lambda client, i: _push(client, tokens[i], time.time()))
         try:
             password = (srv.data_dir / "admin-password").read_text().strip()
             started = time.monotonic()
-            tokens = list(pool.map(lambda i: _enrol(srv.url, srv.token, f"sim-{i:04d}"), range(hosts)))
+            tokens += pusher.pool.map(lambda i: _enrol(srv.url, srv.token, f"sim-{i:04d}"), range(hosts))
             enrol_s = time.monotonic() - started
             now = time.time()
             for back in (20.0, 10.0, 0.0):  # a few samples each, so sparklines have points
-                _push_all(pool, clients, tokens, now - back)
-            pusher = _Pusher(pool, clients, tokens)
+                pusher.each(lambda client, i, back=back: _push(client, tokens[i], now - back))
             pusher.start()
             with sync_playwright() as pw:
                 browser = pw.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS, headless=True)
@@ -160,18 +88,13 @@ def run(hosts: int = 500, window_s: float = 60.0, loads: int = 3) -> dict[str, A
                         page = tab.page
                         log_in(tab, srv.url, "admin", password, "/monitor")
                         page.wait_for_function(ALL_CARDS_VISIBLE, arg=hosts, timeout=120_000)  # warm-up load
-                        load_s = []
-                        for _ in range(loads):
-                            t0 = time.monotonic()
-                            page.goto(srv.url + "/monitor")
-                            page.wait_for_function(ALL_CARDS_VISIBLE, arg=hosts, timeout=120_000)
-                            load_s.append(time.monotonic() - t0)
+                        load_s = timed_loads(page, srv.url + "/monitor", ALL_CARDS_VISIBLE, hosts, loads)
                         cards = page.locator(CARD).count()
                         cpu_label = page.locator(f"{CARD} [data-metric=cpu]").first
                         first_values = [cpu_label.inner_text()]
                         server = ProcessMeter(srv.proc.pid)
                         load_gen = ProcessMeter(psutil.Process().pid)
-                        chromium = _chromium_meter()
+                        chromium = chromium_meter()
                         deadline = time.monotonic() + window_s
                         while time.monotonic() < deadline:  # watch the first card change, without busy-polling
                             time.sleep(min(5.0, max(0.0, deadline - time.monotonic())))
@@ -183,12 +106,7 @@ def run(hosts: int = 500, window_s: float = 60.0, loads: int = 3) -> dict[str, A
                 finally:
                     browser.close()
         finally:
-            if pusher is not None:
-                pusher.stopped.set()
-                pusher.join(30)
-            pool.shutdown()
-            for client in clients:
-                client.close()
+            pusher.close()
             srv.stop()
     return {
         "hosts": hosts,
@@ -205,8 +123,8 @@ def run(hosts: int = 500, window_s: float = 60.0, loads: int = 3) -> dict[str, A
         "server_cpu_percent": server_cpu["cpu_percent"],
         "server_rss_mb": server_cpu["rss_mb"],
         "load_generator_cpu_percent": load_gen_cpu["cpu_percent"],
-        "push_rounds": pusher.rounds if pusher else 0,
-        "push_errors": pusher.errors[:5] if pusher else [],
+        "push_rounds": pusher.rounds,
+        "push_errors": pusher.errors[:5],
         "first_card_cpu_start_end": first_values,
         "targets": {"load_s": "< 2", "browser_cpu_percent": "< 20"},
     }
