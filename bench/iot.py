@@ -61,6 +61,18 @@ def _mosquitto(root: Path, devices: list[SimDevice]) -> Iterator[tuple[int, int]
         proc.wait(10)
 
 
+@contextmanager
+def _fleet_on_mosquitto(root: Path, devices: int) -> Iterator[tuple[list[SimDevice], int, int, str]]:
+    """`devices` created through a server without MQTT (so Mosquitto starts with every password), then
+    Mosquitto: the fleet, its port and pid, and the server's CT_MQTT_URL."""
+    setup = start_server(root / "data", env={"CT_MQTT_PORT": "0"})
+    with setup.client() as admin:
+        fleet = provision(admin, devices)
+    setup.stop()
+    with _mosquitto(root, fleet) as (port, broker_pid):
+        yield fleet, port, broker_pid, f"mqtt://{SERVER_USER}:{SERVER_PASSWORD}@127.0.0.1:{port}"
+
+
 def _listening(port: int) -> bool:
     import socket
 
@@ -180,13 +192,7 @@ def telemetry(broker: str, devices: int, rate: float, seconds: float, qos: int =
             srv = start_server(root / "data")
             return _telemetry_run(srv, srv, int(srv.env["CT_MQTT_PORT"]), None, devices, rate, seconds, qos,
                                   db_url, broker, processes=processes)
-        # Devices first (through a server without MQTT), so Mosquitto starts with every password.
-        setup = start_server(root / "data", env={"CT_MQTT_PORT": "0"})
-        with setup.client() as admin:
-            fleet = provision(admin, devices)
-        setup.stop()
-        with _mosquitto(root, fleet) as (port, broker_pid):
-            url = f"mqtt://{SERVER_USER}:{SERVER_PASSWORD}@127.0.0.1:{port}"
+        with _fleet_on_mosquitto(root, devices) as (fleet, port, broker_pid, url):
             srv = start_server(root / "data", env={"CT_MQTT_URL": url})
             return _telemetry_run(srv, srv, port, fleet, devices, rate, seconds, qos, db_url, broker, broker_pid,
                                   processes)
@@ -263,12 +269,7 @@ def backlog(devices: int, rate: float, seconds: float, qos: int = 1) -> dict[str
     with TemporaryDirectory() as tmp:
         root = Path(tmp)
         db_url = f"sqlite:///{root / 'data' / 'ctower.db'}"
-        setup = start_server(root / "data", env={"CT_MQTT_PORT": "0"})
-        with setup.client() as admin:
-            fleet = provision(admin, devices)
-        setup.stop()
-        with _mosquitto(root, fleet) as (port, broker_pid):
-            url = f"mqtt://{SERVER_USER}:{SERVER_PASSWORD}@127.0.0.1:{port}"
+        with _fleet_on_mosquitto(root, devices) as (fleet, port, broker_pid, url):
             # A port outside the ephemeral range: the 1,000 devices connecting while it is stopped could take it.
             srv = RunningServer(data_dir=root / "data", port=_port_below_ephemeral(), env={"CT_MQTT_URL": url},
                                 args=["--no-agent"])

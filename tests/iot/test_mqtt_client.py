@@ -21,6 +21,12 @@ def _client(cls: type[mqtt.Client], mosquitto: Mosquitto, client_id: str = "") -
     return client
 
 
+def _close(*clients: mqtt.Client) -> None:
+    for client in clients:
+        client.disconnect()
+        client.loop_stop()
+
+
 class _Collector:
     def __init__(self, client: BufferedClient, topic: str) -> None:
         self.received: list[tuple[str, bytes]] = []
@@ -50,6 +56,7 @@ def test_every_packet_arrives_whole_and_in_order_with_many_per_read(mosquitto: M
     sender = _client(mqtt.Client, mosquitto)
     try:
         collector = _Collector(receiver, "ct/t/#")
+        receiver.loop_stop()  # not reading: what the broker sends piles up in the socket, many packets per read
         sent: list[tuple[str, bytes]] = []
         for i in range(3000):
             # Now and then a packet bigger than one read, so packets are cut at a read's end.
@@ -58,15 +65,13 @@ def test_every_packet_arrives_whole_and_in_order_with_many_per_read(mosquitto: M
         infos = [sender.publish(topic, payload, qos=1) for topic, payload in sent]
         for info in infos:
             info.wait_for_publish(30)
+        receiver.loop_start()
         wait_for(lambda: collector.count() >= len(sent), timeout=60, message="every message")
         assert collector.received == sent
         assert collector.reads < len(sent) / 5  # many packets were handled per read
         assert receiver.buffered() == 0
     finally:
-        sender.disconnect()
-        sender.loop_stop()
-        receiver.disconnect()
-        receiver.loop_stop()
+        _close(sender, receiver)
 
 
 def test_after_the_broker_drops_it_the_client_reconnects_and_reads_cleanly(mosquitto: Mosquitto) -> None:
@@ -81,8 +86,7 @@ def test_after_the_broker_drops_it_the_client_reconnects_and_reads_cleanly(mosqu
             sender.publish("ct/r/a", b"before-%d" % i, qos=1)
         # The same client id logging in again makes Mosquitto close the first session, mid-stream.
         thief = _client(mqtt.Client, mosquitto, client_id)
-        thief.disconnect()
-        thief.loop_stop()
+        _close(thief)
         wait_for(lambda: drops and receiver.is_connected(), timeout=30, message="dropped and reconnected")
         collector.subscribed.clear()
         receiver.subscribe("ct/r/#", 1)  # a clean session: subscribe again
@@ -92,10 +96,7 @@ def test_after_the_broker_drops_it_the_client_reconnects_and_reads_cleanly(mosqu
         payloads = [p for _t, p in collector.received]
         assert all(p == b"after" or p.startswith(b"before-") for p in payloads)  # nothing garbled
     finally:
-        sender.disconnect()
-        sender.loop_stop()
-        receiver.disconnect()
-        receiver.loop_stop()
+        _close(sender, receiver)
 
 
 def test_filtered_callbacks_still_take_their_messages(mosquitto: Mosquitto) -> None:
@@ -111,10 +112,7 @@ def test_filtered_callbacks_still_take_their_messages(mosquitto: Mosquitto) -> N
         assert filtered == [b"to the filter"]
         assert collector.received == [("ct/f/plain", b"to on_message")]
     finally:
-        sender.disconnect()
-        sender.loop_stop()
-        receiver.disconnect()
-        receiver.loop_stop()
+        _close(sender, receiver)
 
 
 def test_bulk_acknowledgements_reach_the_broker(mosquitto: Mosquitto) -> None:
@@ -138,8 +136,7 @@ def test_bulk_acknowledgements_reach_the_broker(mosquitto: Mosquitto) -> None:
             info.wait_for_publish(30)
         wait_for(lambda: collector.count() >= 2000, timeout=60, message="every message")
         wait_for(lambda: not receiver._out_packet, message="acknowledgements sent")
-        receiver.disconnect()
-        receiver.loop_stop()
+        _close(receiver)
         receiver = persistent()  # same session: unacknowledged messages would be delivered again
         again = _Collector(receiver, "ct/a/#")
         sender.publish("ct/a/x", b"last", qos=1).wait_for_publish(10)
@@ -147,7 +144,4 @@ def test_bulk_acknowledgements_reach_the_broker(mosquitto: Mosquitto) -> None:
         assert again.received == [("ct/a/x", b"last")]
         assert collector.received == [("ct/a/x", b"%d" % i) for i in range(2000)]
     finally:
-        sender.disconnect()
-        sender.loop_stop()
-        receiver.disconnect()
-        receiver.loop_stop()
+        _close(sender, receiver)
