@@ -199,3 +199,31 @@ def test_host_row_reappears_when_a_deleted_host_pushes_again(db, tmp_path):
         hosts.ingest_metrics(ctx, session, agent.id, push)
     with db.session() as session:
         assert session.get(Host, hosts.read_host(session, "web1")[0].id).samples_received == 4
+
+
+def test_repeated_pushes_of_the_same_series_are_stored_and_still_checked(server):
+    """From its second push on, an agent's unchanged series skip per-sample validation (hosts._PushShape):
+    values must still land, bad values still be refused by field, and a changed layout still be keyed."""
+    admin = server.client()
+    agent = enrol_agent(admin, "web1")
+    start = time.time() - 100
+    for n in range(4):  # the first creates the series, the second makes the shape, the rest use it
+        body = _samples(start + n)
+        body["samples"][0]["value"] = float(n)
+        assert agent.post("monitor/hosts/metrics", body)["accepted"] == 4
+    bad = _samples(start + 10)
+    bad["samples"][2]["value"] = True
+    with pytest.raises(ApiError) as info:
+        agent.post("monitor/hosts/metrics", bad)
+    assert info.value.status == 422 and "samples.2.value" in info.value.detail
+    moved = _samples(start + 11)
+    moved["samples"][2]["labels"] = {"mount": "/srv"}  # same count, another series
+    agent.post("monitor/hosts/metrics", moved)
+
+    metrics = {(m["name"], m["labels"].get("mount")): m for m in admin.get("monitor/hosts/web1")["metrics"]}
+    assert metrics[("host.cpu.percent", None)]["value"] == 12.5  # the last push's
+    assert metrics[("host.disk.percent", "/srv")]["value"] == 70.0
+    cpu = admin.get("series/query", name="host.cpu.percent", start=start - 1, end=start + 20)["series"]
+    assert [point[1] for point in cpu[0]["points"]] == [0.0, 1.0, 2.0, 3.0, 12.5]
+    [row] = admin.get("monitor/hosts")
+    assert row["samples_received"] == 4 * 5

@@ -28,6 +28,7 @@ from controltower.core.series_query import (
     run_query,
 )
 from controltower.core.series_rollup import delete_older, retention_chunks, rollup, series_ids
+from controltower.core.series_shape import BatchShape, prepare_shaped, shape_of
 from controltower.core.series_write import (
     NAME_PATTERN,
     PreparedSamples,
@@ -46,6 +47,7 @@ __all__ = [
     "NAME_PATTERN",
     "RESOLUTIONS",
     "Agg",
+    "BatchShape",
     "LatestSample",
     "PreparedSamples",
     "RawSample",
@@ -97,6 +99,16 @@ class SeriesStore:
     def prepare(self, samples: Iterable[Sample | RawSample]) -> PreparedSamples:
         """Validate (SeriesError names the bad sample) and ready samples for `store`, outside any transaction."""
         return self._writer.prepare(samples, for_sqlite=self.db.dialect == "sqlite")
+
+    def shape(self, prepared: PreparedSamples) -> BatchShape | None:
+        """The shape of a prepared batch whose samples share one time, once all its series exist (else None):
+        `prepare_shaped` then readies the next batch of the same series from its values alone."""
+        return shape_of(self._writer, prepared, self._writer.committed_ids(prepared.keys))
+
+    def prepare_shaped(self, shape: BatchShape, ts: float, values: list[Any]) -> PreparedSamples | None:
+        """`prepare` for samples of `shape`'s series, in its order, at `ts`; None when a value or `ts` needs the
+        full validation (which names the bad sample)."""
+        return prepare_shaped(self._writer, shape, ts, values, for_sqlite=self.db.dialect == "sqlite")
 
     def store(self, session: Session, prepared: PreparedSamples, defer: bool = False) -> int:
         """Insert prepared samples in `session`'s transaction (the caller commits); how many.

@@ -203,6 +203,13 @@ class SeriesWriter:
             batch = batch._replace(sqlite_params=self._sqlite_params(batch, ids, self._newest(batch, ids)))
         return batch
 
+    def committed_ids(self, keys: list[str]) -> list[int] | None:
+        """The id of each key, or None while one of them is not committed yet."""
+        cached = self._ids
+        if not all(key in cached for key in keys):
+            return None
+        return [cached[key] for key in keys]
+
     # -- storage
 
     def store(self, session: Session, batch: PreparedSamples, defer: bool = False) -> int:

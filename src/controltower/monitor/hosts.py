@@ -6,6 +6,7 @@ import asyncio
 import datetime as dt
 from collections import defaultdict
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import bindparam, select, update
@@ -14,7 +15,7 @@ from sqlalchemy.orm import Session
 from controltower.core.agents import Agent
 from controltower.core.context import Context
 from controltower.core.db import utcnow
-from controltower.core.series import LatestSample, PreparedSamples, Sample
+from controltower.core.series import BatchShape, LatestSample, PreparedSamples, Sample
 from controltower.monitor.models import Host
 from controltower.monitor.schemas import HostDetail, HostPublic, HostStatusChange, MetricsPush, MetricValue
 
@@ -83,6 +84,19 @@ def ingest_metrics(ctx: Context, session: Session, agent_id: int, push: MetricsP
     return name, _store(ctx, session, agent_id, name, prepared, len(push["samples"]), push.get("dropped", 0))
 
 
+@dataclass(frozen=True, slots=True)
+class _PushShape:
+    """The series an agent pushed last time, in order: its next push of the same series skips validating
+    and keying each sample (an agent pushes the same series every interval)."""
+
+    host: str
+    idents: list[tuple[str, dict[str, str] | None]]  # (name, labels as sent) per sample
+    series: BatchShape
+
+
+_push_shapes: dict[int, _PushShape] = {}  # by agent id
+
+
 def _prepare(ctx: Context, agent_id: int, push: MetricsPush) -> tuple[str, PreparedSamples | None]:
     """The agent's name and its validated samples (the `host` label forced to that name)."""
     with ctx.db.read_session() as reader:
@@ -90,8 +104,21 @@ def _prepare(ctx: Context, agent_id: int, push: MetricsPush) -> tuple[str, Prepa
     if name is None:
         raise AgentGone(f"agent {agent_id} no longer exists")
     ts, samples = push["ts"], push["samples"]
+    if not samples:
+        return name, None
+    # parse_metrics_push checked the shape: each sample is an object with a name and a value.
+    idents = [(s["name"], s.get("labels")) for s in samples]
+    known = _push_shapes.get(agent_id)
+    if known is not None and known.host == name and known.idents == idents:
+        prepared = ctx.series.prepare_shaped(known.series, ts, [s["value"] for s in samples])
+        if prepared is not None:
+            return name, prepared
     rows = ((s["name"], {**s.get("labels", {}), "host": name}, ts, s["value"]) for s in samples)
-    return name, ctx.series.prepare(rows) if samples else None
+    prepared = ctx.series.prepare(rows)
+    series_shape = ctx.series.shape(prepared)
+    if series_shape is not None:
+        _push_shapes[agent_id] = _PushShape(name, idents, series_shape)
+    return name, prepared
 
 
 def _store(ctx: Context, session: Session, agent_id: int, name: str, prepared: PreparedSamples | None,
