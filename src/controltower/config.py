@@ -30,6 +30,9 @@ class Settings(BaseSettings):
     database_url: str | None = Field(
         None, description="SQLAlchemy URL; default: SQLite in WAL mode at <data-dir>/ctower.db"
     )
+    sqlite_wal_autocheckpoint: int = Field(
+        100_000, ge=1, description="SQLite: checkpoint the write-ahead log once it holds this many 4 KiB pages"
+    )
     host: str = Field("127.0.0.1", description="HTTP listen address")
     port: int = Field(8080, ge=0, le=65535, description="HTTP listen port")
     mqtt_port: int = Field(1883, ge=0, le=65535, description="Embedded MQTT broker port; 0 disables it")

@@ -60,7 +60,7 @@ def _replica_name(settings: Settings) -> str | None:
 
 def build_context(settings: Settings) -> Context:
     settings.prepare()
-    db = Database(settings.db_url)
+    db = Database(settings.db_url, wal_autocheckpoint=settings.sqlite_wal_autocheckpoint)
     events = EventBus(db)
     actions = ActionRegistry()
     register_builtin_actions(actions, settings)

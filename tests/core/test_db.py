@@ -8,7 +8,8 @@ from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 from sqlalchemy import text
 
-from controltower.core.db import Base, Database
+from controltower.config import Settings
+from controltower.core.db import WAL_KEEP_BYTES, Base, Database
 
 
 def test_migrations_create_exactly_the_models(db: Database) -> None:
@@ -30,6 +31,15 @@ def test_sqlite_is_in_wal_mode(tmp_path) -> None:
         assert conn.exec_driver_sql("PRAGMA journal_mode").scalar() == "wal"
         assert conn.exec_driver_sql("PRAGMA foreign_keys").scalar() == 1
     db.dispose()
+
+
+def test_sqlite_checkpoints_as_configured(tmp_path, monkeypatch) -> None:
+    monkeypatch.setenv("CT_SQLITE_WAL_AUTOCHECKPOINT", "1234")
+    db = Database(f"sqlite:///{tmp_path / 'c.db'}", wal_autocheckpoint=Settings().sqlite_wal_autocheckpoint)
+    with db.engine.connect() as conn:
+        assert conn.exec_driver_sql("PRAGMA wal_autocheckpoint").scalar() == 1234
+        assert conn.exec_driver_sql("PRAGMA journal_size_limit").scalar() == WAL_KEEP_BYTES
+    db.engine.dispose()
 
 
 def test_session_rolls_back_on_error(db: Database) -> None:
