@@ -55,6 +55,24 @@ def _durations(quick: bool) -> dict[str, float]:
             "iot": 60, "commands": 1000, "robots": 200}
 
 
+def python_speed_ms() -> float:
+    """A fixed pure-Python workload (dict, string and float operations), best of five, in ms: this VM's
+    speed for Python varies between sessions (twice as slow has been seen), so results carry it."""
+    def work() -> float:
+        totals: dict[str, float] = {}
+        for i in range(200_000):
+            key = f"k{i % 5000}"
+            totals[key] = totals.get(key, 0.0) + i * 0.5
+        return sum(totals.values())
+
+    best = float("inf")
+    for _ in range(5):
+        started = time.perf_counter()
+        work()
+        best = min(best, time.perf_counter() - started)
+    return round(best * 1000, 1)
+
+
 def machine() -> dict[str, Any]:
     cpu = next(
         (
@@ -415,12 +433,13 @@ def main() -> None:
     args = parser.parse_args()
     selected = args.only or NAMES
     started = datetime.now(UTC)
+    speed = python_speed_ms()  # before the benchmarks, on an idle machine
     results = run(selected, args.quick, args.agent_seconds)
     report = {
         "date": started.isoformat(timespec="seconds"),
         "command": "python -m bench " + " ".join(sys.argv[1:]),
         "quick": args.quick,
-        "machine": machine(),
+        "machine": {**machine(), "python_speed_ms": speed},
         "results": results,
     }
     args.output.parent.mkdir(parents=True, exist_ok=True)
@@ -429,7 +448,7 @@ def main() -> None:
     kind = "QUICK run (smoke durations, not the reference figures)" if args.quick else "Full run"
     print(
         f"\n{kind}, {report['date']} — {m['cpu']}, {m['cores']} cores, {m['ram_gb']} GB RAM, {m['os']}, "
-        f"Python {m['python']}\n"
+        f"Python {m['python']}; Python speed probe {m['python_speed_ms']} ms (lower is faster)\n"
     )
     print(table(results))
     print(f"\nJSON: {args.output}")

@@ -39,7 +39,7 @@ def test_sqlite_checkpoints_as_configured(tmp_path, monkeypatch) -> None:
     with db.engine.connect() as conn:
         assert conn.exec_driver_sql("PRAGMA wal_autocheckpoint").scalar() == 1234
         assert conn.exec_driver_sql("PRAGMA journal_size_limit").scalar() == WAL_KEEP_BYTES
-    db.engine.dispose()
+    db.dispose()
 
 
 def test_session_rolls_back_on_error(db: Database) -> None:
