@@ -39,6 +39,9 @@ class Settings(BaseSettings):
     mqtt_url: str | None = Field(None, description="External MQTT broker URL instead of the embedded one")
     mqtt_host: str = Field("127.0.0.1", description="Embedded MQTT broker listen address")
     iot_message_max_bytes: int = Field(256 * 1024, gt=0, description="Largest device telemetry message, bytes")
+    iot_queue_max: int = Field(
+        100_000, gt=0, description="Device messages received and waiting to be stored; past it, brokers hold the rest"
+    )
     iot_file_max_bytes: int = Field(100 * 1024 * 1024, gt=0, description="Largest file a device may upload, bytes")
     iot_upload_idle_s: float = Field(
         300, gt=0, description="A file sent in chunks over MQTT is dropped after this many seconds without a chunk"

@@ -196,3 +196,27 @@ def test_busy_mqtt_port_is_a_clear_error(tmp_path) -> None:
                              env=env, capture_output=True, text=True, timeout=60)
     assert out.returncode == 2
     assert "CT_MQTT_PORT" in out.stderr and str(port) in out.stderr
+
+
+def test_a_full_hub_holds_devices_back_instead_of_dropping(tmp_path) -> None:
+    """With room for 5 waiting messages, a device bursting 2,000 at QoS 1 is read only as fast as the hub
+    stores: every message arrives, none is dropped (amqtt acknowledges on receipt, so a drop would be a loss)."""
+    srv = start_server(tmp_path / "data", env={"CT_IOT_QUEUE_MAX": "5"})
+    try:
+        dev = _new_device(srv, "burst")
+        client = DeviceClient(_mqtt_port(srv), dev["id"], dev["token"])
+        client.client.max_inflight_messages_set(100)
+        client.connect()
+        infos = [
+            client.client.publish(f"ct/d/{dev['id']}/telemetry", json.dumps({"values": {"n": i}}), qos=1)
+            for i in range(2000)
+        ]
+        for info in infos:
+            info.wait_for_publish(120)
+        wait_for(lambda: _device(srv, dev["id"])["messages_received"] == 2000, timeout=120, message="all stored")
+        client.close()
+        metrics = httpx.get(srv.url + "/metrics", headers={"Authorization": f"Bearer {srv.token}"}).text
+        assert 'ctower_iot_messages_total{outcome="dropped"} 0.0' in metrics
+        assert 'ctower_iot_messages_total{outcome="stored"} 2000.0' in metrics
+    finally:
+        srv.stop()

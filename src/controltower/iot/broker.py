@@ -12,12 +12,15 @@ from typing import Any
 from amqtt.broker import Broker, BrokerContext
 from amqtt.contexts import Action
 from amqtt.plugins.base import BaseAuthPlugin, BaseTopicPlugin
-from amqtt.session import ApplicationMessage, Session
+from amqtt.session import Session
 
 from controltower.iot import topics
 from controltower.iot.hub import Hub
 
 log = logging.getLogger("controltower.iot.broker")
+
+SESSION_QUEUE_MAX = 100  # a client's received messages waiting for the broker, before it stops reading them
+HUB_FULL_RETRY_S = 0.005
 
 
 class DevicePlugin(BaseAuthPlugin, BaseTopicPlugin):
@@ -50,6 +53,7 @@ class DevicePlugin(BaseAuthPlugin, BaseTopicPlugin):
         return bool(session.username) and topics.may_access(session.username, topic)
 
     async def on_broker_client_connected(self, *, client_id: str, client_session: Session) -> None:
+        _bound_delivery_queue(client_session)
         if client_session.username:
             self.hub.connected(client_session.username)
 
@@ -65,8 +69,15 @@ class DevicePlugin(BaseAuthPlugin, BaseTopicPlugin):
         if _filter_matches(topic, commands_topic):
             self.hub.commands_ready(session.username)
 
-    async def on_broker_message_broadcast(self, *, client_id: str, message: ApplicationMessage) -> None:
-        self.hub.message(message.topic, bytes(message.data or b""), "mqtt")
+
+
+def _bound_delivery_queue(session: Session) -> None:
+    """amqtt queues a client's incoming messages without limit and acknowledges each once queued. Bounded, a
+    client whose messages wait (the hub is full) is no longer read from: its unacknowledged messages stay on
+    the device, as QoS 1 means, instead of piling up here. (asyncio.Queue reads its bound at every put.)"""
+    queue = session.delivered_message_queue
+    if isinstance(queue, asyncio.Queue) and queue.maxsize == 0:
+        queue._maxsize = SESSION_QUEUE_MAX  # type: ignore[attr-defined]
 
 
 def _filter_matches(topic_filter: str, topic: str) -> bool:
@@ -80,7 +91,7 @@ def _filter_matches(topic_filter: str, topic: str) -> bool:
 
 
 class FleetBroker(Broker):
-    """amqtt's broker, made to scale with the number of devices.
+    """amqtt's broker, made to scale with the number of devices, handing what devices publish to the hub.
 
     amqtt matches every published message against every subscription, and on each connect offers the
     retained messages of every subscription of every client to the newcomer: with a thousand devices,
@@ -90,8 +101,9 @@ class FleetBroker(Broker):
     showed one device's retained status to another whose filter matched it).
     """
 
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
+    def __init__(self, config: dict[str, Any], hub: Hub) -> None:
+        super().__init__(config)
+        self.hub = hub
         self._exact_filters: set[str] = set()
         self._wildcard_filters: set[str] = set()
 
@@ -119,6 +131,14 @@ class FleetBroker(Broker):
         self, session: Session | None, topic: str | None, data: bytes | bytearray | None,
         force_qos: int | None = None,
     ) -> None:
+        # Awaited in the publishing client's delivery loop (unlike amqtt's broadcast event, fired without
+        # waiting): while the hub is full, this client's messages wait here, in order. A last will comes here
+        # too, unchecked by amqtt: hence the ACL again.
+        device = session.username if session is not None else None
+        if device and topic is not None and topics.may_access(device, topic):
+            while not self.hub.has_room():
+                await asyncio.sleep(HUB_FULL_RETRY_S)
+            self.hub.message(topic, bytes(data or b""), "mqtt")
         if topic is not None and not self._has_subscriber(topic):
             return
         await super()._broadcast_message(session, topic, data, force_qos)
@@ -156,7 +176,7 @@ class EmbeddedBroker:
         self._loop = asyncio.get_running_loop()
         for noisy in ("transitions", "amqtt"):  # a log line per session state change, at INFO
             logging.getLogger(noisy).setLevel(logging.WARNING)
-        self._broker = FleetBroker(self.config())
+        self._broker = FleetBroker(self.config(), self.hub)
         await self._broker.start()
         log.warning("MQTT broker listening on %s:%d", self.host, self.port)
 

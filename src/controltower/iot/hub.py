@@ -33,7 +33,6 @@ from controltower.iot.store import record_file, store_attributes, store_readings
 
 log = logging.getLogger("controltower.iot.hub")
 
-QUEUE_MAX = 100_000
 BATCH_MAX = 5000  # under a backlog, a big batch writes far fewer SQLite pages per message
 DROP_LOG_EVERY_S = 10.0
 
@@ -112,7 +111,7 @@ class Hub:
         self.transport: Transport | None = None
         self.on_processed: Callable[[list[Any]], None] | None = None  # receipts of a processed batch
         self.stats: Counter[str] = Counter()
-        self._queue: JobQueue[Job | None] = JobQueue(QUEUE_MAX)
+        self._queue: JobQueue[Job | None] = JobQueue(ctx.settings.iot_queue_max)
         self._lock = threading.Lock()
         self._connections: Counter[str] = Counter()
         self._ready: set[str] = set()
@@ -156,8 +155,13 @@ class Hub:
         """A device published; oversize is refused here, the rest is parsed on the worker.
 
         With `wait`, a full queue makes the caller wait (an external broker's client: the broker keeps the
-        messages meanwhile) instead of dropping the message (the embedded broker, which must not block)."""
+        messages meanwhile); without, a full queue drops the message (the embedded broker, which must not
+        block its event loop, first waits asynchronously for `has_room`)."""
         self._enqueue(self._job(topic, payload, source), wait)
+
+    def has_room(self) -> bool:
+        """Whether a message handed over now is queued rather than dropped."""
+        return len(self._queue) < self._queue.maxsize
 
     def messages(self, received: Sequence[tuple[str, bytes, Any]], source: str = "mqtt") -> None:
         """Many (topic, payload, receipt) at once, in order, waiting while the queue is full (an external
@@ -247,7 +251,7 @@ class Hub:
             if now - self._dropped_logged_at >= DROP_LOG_EVERY_S:  # one line, not one per message
                 self._dropped_logged_at = now
                 log.warning("iot ingestion queue full (%d): %d messages dropped so far (last: %s from %s)",
-                            QUEUE_MAX, self.stats["dropped"], job.kind, job.device_id)
+                            self._queue.maxsize, self.stats["dropped"], job.kind, job.device_id)
 
     # -- the worker ----------------------------------------------------------------------------
 
