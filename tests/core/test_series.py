@@ -6,12 +6,15 @@ import math
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
-from sqlalchemy import func, select, text
+from sqlalchemy import Connection, func, select, text
+from sqlalchemy.orm import Session
 
 from controltower.config import Settings
+from controltower.core import series as series_module
 from controltower.core.db import Database
 from controltower.core.series import (
     Rollup1h,
@@ -367,6 +370,37 @@ def test_late_samples_reopen_rolled_up_buckets(store: SeriesStore, db: Database)
     assert minutes[0] == ('cpu{host="a"}', T0, 3, 24.0, 4.0, 12.0, 12.0)
     assert minutes[1] == ('cpu{host="a"}', T0 + 60, 2, 6.0, 1.0, 5.0, 5.0)
     assert rollup_rows(db, Rollup1h)[0] == ('cpu{host="a"}', T0, 7, 40.0, 0.0, 12.0, 0.0)
+
+
+@pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)  # PostgreSQL: one transaction, advisory lock
+def test_a_write_between_rollup_steps_is_rolled_up_next_time(
+    store: SeriesStore, db: Database, monkeypatch: pytest.MonkeyPatch
+):
+    """SQLite rolls up in steps of series, each its own transaction: a sample written for a series whose
+    step is done (here: committed right after that step's aggregation) keeps the watermark before it."""
+    store.write([Sample("cpu", {"host": h}, T0 + 10, 1.0) for h in "abc"])
+    late = store.prepare([Sample("cpu", {"host": "a"}, T0 + 30, 5.0)])
+    monkeypatch.setattr(series_module, "ROLLUP_STEP_SERIES", 1)
+    real_aggregate, steps = series_module.aggregate, []
+
+    def aggregate_then_write(conn: Connection, job: Any, ids: tuple[int, int] | None = None) -> int:
+        written = real_aggregate(conn, job, ids)
+        if not steps:  # series a is done: a late sample for it lands before the next step
+            with Session(bind=conn) as session:
+                store.store(session, late)
+        steps.append(ids)
+        return written
+
+    monkeypatch.setattr(series_module, "aggregate", aggregate_then_write)
+    assert store.rollup(now=T0 + 2 * HOUR)["1m"] == 3
+    assert len(steps) == 3
+    with db.session() as s:
+        marks = dict(s.execute(select(RollupState.resolution, RollupState.watermark)).all())
+    assert marks["1m"] == T0  # held at the late sample's minute, not T0 + 2 h
+    monkeypatch.setattr(series_module, "aggregate", real_aggregate)
+    store.rollup(now=T0 + 2 * HOUR)
+    assert rollup_rows(db, Rollup1m)[0] == ('cpu{host="a"}', T0, 2, 6.0, 1.0, 5.0, 5.0)
+    assert rollup_rows(db, Rollup1h)[0] == ('cpu{host="a"}', T0, 2, 6.0, 1.0, 5.0, 5.0)
 
 
 def test_auto_resolution_picks_raw_minutes_or_hours_and_falls_back_to_raw(store: SeriesStore):

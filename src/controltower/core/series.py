@@ -8,6 +8,7 @@ than the watermark) moves the watermark back, so the next rollup recomputes the 
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any, NamedTuple
@@ -27,7 +28,18 @@ from controltower.core.series_query import (
     labels_match,
     run_query,
 )
-from controltower.core.series_rollup import delete_older, retention_chunks, rollup, series_ids
+from controltower.core.series_rollup import (
+    active_series_ids,
+    aggregate,
+    delete_older,
+    finish,
+    minutes_end,
+    plan,
+    retention_chunks,
+    rollup,
+    rollup_hours,
+    series_ids,
+)
 from controltower.core.series_shape import BatchShape, prepare_shaped, shape_of
 from controltower.core.series_write import (
     NAME_PATTERN,
@@ -67,6 +79,7 @@ __all__ = [
 ]
 
 DAY_S = 86400.0
+ROLLUP_STEP_SERIES = 2000  # series per rollup transaction on SQLite
 
 
 def _floor(ts: float, size: int) -> float:
@@ -192,8 +205,34 @@ class SeriesStore:
 
         Idempotent: buckets are recomputed whole, so running it again changes nothing. Returns rows written.
         """
+        now = time.time() if now is None else now
+        if self.db.dialect != "sqlite":  # writers wait on the rollup's advisory lock: one transaction
+            with self.db.session() as session:
+                return rollup(session.connection(), now)
+        return self._rollup_in_steps(now)
+
+    def _rollup_in_steps(self, now: float) -> dict[str, int]:
+        """SQLite's rollup as short write transactions of ROLLUP_STEP_SERIES series each, so a heavy ingest
+        waits for one step at a time, not for the whole minute of samples being aggregated.
+
+        Writes between steps may land in buckets already recomputed: the writer notes the oldest sample
+        stored from the first step on (every write transaction after it: SQLite has one writer at a time),
+        and the watermark stops at that sample's minute, so the next rollup recomputes from there."""
         with self.db.session() as session:
-            return rollup(session.connection(), time.time() if now is None else now)
+            conn = session.connection()
+            self._writer.oldest_written = math.inf
+            minutes = plan(conn, "1m", None, minutes_end(now))
+            ids = active_series_ids(conn, minutes.begin) if minutes.begin < minutes.end else []
+        written = 0
+        for start in range(0, len(ids), ROLLUP_STEP_SERIES):
+            step = ids[start : start + ROLLUP_STEP_SERIES]
+            with self.db.session() as session:
+                written += aggregate(session.connection(), minutes, (step[0], step[-1]))
+        with self.db.session() as session:
+            conn = session.connection()
+            oldest = self._writer.oldest_written
+            redone_from = finish(conn, minutes, oldest if oldest < math.inf else None)
+            return {"1m": written, "1h": rollup_hours(conn, redone_from, minutes.end)}
 
     def apply_retention(self, now: float | None = None) -> dict[str, int]:
         """Delete raw samples and rollups older than their retention settings; returns rows deleted per table.

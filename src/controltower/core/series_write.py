@@ -143,6 +143,8 @@ class SeriesWriter:
     """Validates and stores batches. Keeps key -> id in memory; an id enters the cache only once committed."""
 
     def __init__(self) -> None:
+        # The oldest sample time stored since a rollup in steps reset it (series.SeriesStore.rollup).
+        self.oldest_written = math.inf
         self._ids: dict[str, int] = {}
         self._keys: dict[tuple[str, ...], str] = {}  # (name, *label keys, *label values) -> key
 
@@ -243,10 +245,11 @@ class SeriesWriter:
         self._move_watermarks(conn, min(batch.ts))
         return written
 
-    @staticmethod
-    def _move_watermarks(conn: Connection, first: float) -> None:
+    def _move_watermarks(self, conn: Connection, first: float) -> None:
         """Data behind a rollup watermark makes rolled-up buckets stale: move the watermarks back, so
         queries read finer data there and the next rollup recomputes those buckets."""
+        if first < self.oldest_written:
+            self.oldest_written = first
         conn.execute(_MOVE_WATERMARKS, {"m": first - first % 60, "h": first - first % 3600})
 
     @staticmethod
