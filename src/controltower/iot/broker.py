@@ -19,7 +19,7 @@ from controltower.iot.hub import Hub
 
 log = logging.getLogger("controltower.iot.broker")
 
-SESSION_QUEUE_MAX = 100  # a client's received messages waiting for the broker, before it stops reading them
+SESSION_QUEUE_MAX = 1  # a client's received messages waiting for the broker, before it stops reading them
 HUB_FULL_RETRY_S = 0.005
 
 
