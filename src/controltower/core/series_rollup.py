@@ -68,12 +68,11 @@ def _earliest(conn: Connection, source: str) -> float | None:
 
 
 class Plan(NamedTuple):
-    """What one resolution's rollup recomputes: [begin, end), and the watermark it started from."""
+    """What one resolution's rollup recomputes: [begin, end)."""
 
     resolution: str
     begin: float
     end: float
-    mark: float | None
 
     def windows(self) -> list[tuple[float, float]]:
         """[begin, end) in steps of at most a day, to bound temporary space per statement."""
@@ -95,7 +94,7 @@ def plan(conn: Connection, resolution: str, start: float | None, end: float) -> 
         begin = _floor(earliest, size) if earliest is not None else end
     if start is not None:
         begin = min(begin, _floor(start, size))
-    return Plan(resolution, begin, end, mark)
+    return Plan(resolution, begin, end)
 
 
 def aggregate(conn: Connection, job: Plan, ids: tuple[int, int] | None = None) -> int:
