@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -218,5 +219,34 @@ def test_a_full_hub_holds_devices_back_instead_of_dropping(tmp_path) -> None:
         metrics = httpx.get(srv.url + "/metrics", headers={"Authorization": f"Bearer {srv.token}"}).text
         assert 'ctower_iot_messages_total{outcome="dropped"} 0.0' in metrics
         assert 'ctower_iot_messages_total{outcome="stored"} 2000.0' in metrics
+    finally:
+        srv.stop()
+
+
+def test_a_full_hub_keeps_each_devices_messages_in_order(tmp_path) -> None:
+    """A file of 400 chunks, burst at QoS 1 into a hub with room for 5: the chunks must reach it in the order
+    sent (the reassembler refuses a chunk out of turn), though amqtt gives every message a task of its own."""
+    srv = start_server(tmp_path / "data", env={"CT_IOT_QUEUE_MAX": "5"})
+    try:
+        dev = _new_device(srv, "camera")
+        chunks = [hashlib.sha256(str(i).encode()).digest() * 32 for i in range(400)]  # 1 kB each
+        data = b"".join(chunks)
+        header = {"content_type": "application/octet-stream", "size": len(data), "chunks": len(chunks),
+                  "sha256": hashlib.sha256(data).hexdigest()}
+        client = DeviceClient(_mqtt_port(srv), dev["id"], dev["token"])
+        client.client.max_inflight_messages_set(100)
+        client.connect()
+        topic = f"ct/d/{dev['id']}/files/burst"
+        infos = [client.client.publish(topic, json.dumps(header), qos=1)]
+        infos += [client.client.publish(f"{topic}/{n}", chunk, qos=1) for n, chunk in enumerate(chunks)]
+        for info in infos:
+            info.wait_for_publish(120)
+        with srv.client() as admin:
+            wait_for(lambda: _device(srv, dev["id"])["messages_received"] + len(admin.get("iot/dead-letters"))
+                     == len(infos), timeout=120, message="every chunk handled")
+            files = admin.get(f"devices/{dev['id']}/files")
+            dead = admin.get("iot/dead-letters")
+        client.close()
+        assert [(f["size"], f["sha256"]) for f in files] == [(len(data), header["sha256"])], [d["reason"] for d in dead]
     finally:
         srv.stop()

@@ -19,7 +19,7 @@ from controltower.iot.hub import Hub
 
 log = logging.getLogger("controltower.iot.broker")
 
-SESSION_QUEUE_MAX = 1  # a client's received messages waiting for the broker, before it stops reading them
+SESSION_QUEUE_MAX = 1  # a client's received messages waiting for the broker, before it acknowledges no more
 HUB_FULL_RETRY_S = 0.005
 
 
@@ -71,13 +71,40 @@ class DevicePlugin(BaseAuthPlugin, BaseTopicPlugin):
 
 
 
+class _OrderedDeliveryQueue(asyncio.Queue):  # type: ignore[type-arg]
+    """A session's incoming messages: `put` (QoS 1 and 2) waits while SESSION_QUEUE_MAX are queued, the waiting
+    ones strictly in arrival order; `put_nowait` (QoS 0) never refuses.
+
+    amqtt gives every incoming PUBLISH a task of its own; with asyncio.Queue's own bound, a task arriving just
+    as a slot frees takes it ahead of the one woken for it, and a file's chunks reach the hub out of turn."""
+
+    _turn: asyncio.Lock
+    _taken: asyncio.Future[None] | None
+
+    async def put(self, item: Any) -> None:
+        async with self._turn:  # asyncio.Lock is fair: later tasks wait behind earlier ones
+            while self.qsize() >= SESSION_QUEUE_MAX:
+                self._taken = asyncio.get_running_loop().create_future()
+                await self._taken
+            self.put_nowait(item)
+
+    def get_nowait(self) -> Any:  # asyncio.Queue.get ends here too
+        item = super().get_nowait()
+        if self._taken is not None and not self._taken.done():
+            self._taken.set_result(None)
+        return item
+
+
 def _bound_delivery_queue(session: Session) -> None:
     """amqtt queues a client's incoming messages without limit and acknowledges each once queued. Bounded, a
-    client whose messages wait (the hub is full) is no longer read from: its unacknowledged messages stay on
-    the device, as QoS 1 means, instead of piling up here. (asyncio.Queue reads its bound at every put.)"""
+    client whose messages wait (the hub is full) gets no more acknowledgements: its in-flight window fills, and
+    the rest stay on the device, as QoS 1 means, instead of piling up here. The queue object stays the same
+    (amqtt's delivery loop may already be waiting on it); only its class changes."""
     queue = session.delivered_message_queue
-    if isinstance(queue, asyncio.Queue) and queue.maxsize == 0:
-        queue._maxsize = SESSION_QUEUE_MAX  # type: ignore[attr-defined]
+    if type(queue) is asyncio.Queue:
+        queue._turn = asyncio.Lock()  # type: ignore[attr-defined]
+        queue._taken = None  # type: ignore[attr-defined]
+        queue.__class__ = _OrderedDeliveryQueue
 
 
 def _filter_matches(topic_filter: str, topic: str) -> bool:
