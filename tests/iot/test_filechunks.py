@@ -9,6 +9,7 @@ import time
 from pathlib import Path
 
 import pytest
+from sqlalchemy.exc import OperationalError
 
 from controltower.core.blobs import BlobStore
 from controltower.core.context import Context
@@ -16,8 +17,8 @@ from controltower.iot import deadletters, store
 from controltower.iot.commands import create_command, take_pending
 from controltower.iot.device import File, file_messages
 from controltower.iot.devices import create_device
-from controltower.iot.filechunks import Reassembler
-from controltower.iot.hub import Hub
+from controltower.iot.filechunks import Completed, Reassembler
+from controltower.iot.hub import BatchWrites, Hub
 from controltower.iot.payloads import Rejected
 from controltower.iot.schemas import CommandCreate, DeviceCreate
 from tests.iot.mqtt_support import DeviceClient
@@ -118,6 +119,32 @@ def test_a_device_has_a_bounded_number_of_uploads_in_progress(reassembler: Reass
     assert reassembler.in_progress() == 17
 
 
+def test_an_outcome_rolled_back_comes_again_for_the_same_message_once(reassembler: Reassembler) -> None:
+    messages = _messages()
+    done = _feed(reassembler, messages)[-1]
+    assert isinstance(done, Completed)
+    reassembler.outcomes_rolled_back()  # the transaction that recorded the file failed
+    assert reassembler.receive("dev1", *messages[1]) is None  # another message of the upload: still ignored
+    assert reassembler.receive("dev1", *messages[-1]) == done  # the message that completed it, handled again
+    assert reassembler.receive("dev1", *messages[-1]) is None  # a resend of it in the same transaction
+    reassembler.outcomes_committed()
+    reassembler.outcomes_rolled_back()  # a later rollback does not bring back what was committed
+    assert reassembler.receive("dev1", *messages[-1]) is None
+
+
+def test_a_refusal_rolled_back_is_raised_again(reassembler: Reassembler) -> None:
+    messages = _messages()
+    _feed(reassembler, messages[:2])
+    with pytest.raises(Rejected, match="arrived when chunk 1 was expected"):
+        reassembler.receive("dev1", *messages[3])
+    reassembler.outcomes_rolled_back()
+    with pytest.raises(Rejected, match="arrived when chunk 1 was expected") as again:
+        reassembler.receive("dev1", *messages[3])
+    assert again.value.kind == "invalid"
+    reassembler.outcomes_committed()
+    assert reassembler.receive("dev1", *messages[3]) is None
+
+
 def test_an_idle_upload_expires(tmp_path: Path) -> None:
     reassembler = Reassembler(tmp_path / "uploads", BlobStore(tmp_path / "blobs", 1 << 20), 1 << 20, idle_s=0.01)
     _feed(reassembler, _messages()[:2])
@@ -153,6 +180,42 @@ def test_the_hub_stores_a_chunked_file_linked_to_its_command(ctx: Context, hub: 
     assert stored == (command_id, hashlib.sha256(data).hexdigest(), len(data), "image/png")
     assert ctx.blobs.path(stored[1]).read_bytes() == data
     assert letters == [("invalid", "body.sha256")]
+    assert ctx.series.latest(name="iot.after", labels={"device": device_id})
+
+
+def test_a_file_completed_in_a_failed_batch_is_recorded_when_its_messages_are_stored_alone(
+    ctx: Context, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    with ctx.db.session() as session:
+        device, _ = create_device(ctx, session, DeviceCreate(name="unlucky"))
+        device_id = device.id
+    hub = Hub(ctx)
+    data = b"frame" * 1000
+    for topic, payload in file_messages(device_id, File(data, "image/png", "f.png"), None, 1000):
+        hub.message(topic, payload)  # all queued before the worker starts: one batch
+    corrupt = file_messages(device_id, File(b"x" * 3000, "image/png"), None, 1000)
+    corrupt[2] = (corrupt[2][0], b"y" * 1000)
+    for topic, payload in corrupt:
+        hub.message(topic, payload)
+    hub.message(f"ct/d/{device_id}/telemetry", json.dumps({"values": {"after": 1}}).encode())
+    failures = []
+
+    def fail_once(writes: BatchWrites, *args: object) -> None:
+        failures.append(len(writes.samples))
+        raise OperationalError("UPDATE devices ...", {}, Exception("disk I/O error"))  # a fault at the batch's end
+
+    monkeypatch.setattr(BatchWrites, "write", fail_once)
+    hub.start_worker()
+    try:
+        assert hub.flush()
+    finally:
+        hub.stop_worker()
+    with ctx.db.read_session() as session:
+        stored = [(row.sha256, row.size) for row in store.read_files(session, device_id)]
+        letters = [(x.kind, x.reason.split(":")[0]) for x in deadletters.read(session, device_id=device_id)]
+    assert failures == [1]  # the batch failed once; its messages were then stored one by one
+    assert stored == [(hashlib.sha256(data).hexdigest(), len(data))]
+    assert letters == [("invalid", "body.sha256")]  # the corrupt upload's one dead letter, kept too
     assert ctx.series.latest(name="iot.after", labels={"device": device_id})
 
 

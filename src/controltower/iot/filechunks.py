@@ -103,6 +103,10 @@ class Reassembler:
         self.idle_s = idle_s
         self._uploads: dict[tuple[str, str], _Upload] = {}
         self._closed: OrderedDict[tuple[str, str], None] = OrderedDict()
+        # How uploads closed since the caller last committed, by the message that closed them: a rolled-back
+        # transaction gets them again for the same message instead of a resend being ignored.
+        self._unsettled: dict[tuple[str, str], tuple[str, Completed | Rejected]] = {}
+        self._replayable: dict[tuple[str, str], tuple[str, Completed | Rejected]] = {}
         self._lock = threading.Lock()
         for leftover in directory.glob("*.part"):  # a previous run's uploads in progress
             leftover.unlink(missing_ok=True)
@@ -116,7 +120,8 @@ class Reassembler:
 
         Returns the stored file once its last chunk is in; Rejected (upload dropped) when something is wrong.
         A resent header or chunk (QoS 1 redelivery, a device replaying its buffer) is ignored, and so are the
-        remaining chunks of a refused upload: one dead letter per upload.
+        remaining chunks of a refused upload: one dead letter per upload. The caller says when what it
+        recorded of these outcomes is committed (`outcomes_committed`) or rolled back (`outcomes_rolled_back`).
         """
         upload_id, _, index = rest.partition("/")
         if not UPLOAD_ID_RE.match(upload_id):
@@ -124,17 +129,46 @@ class Reassembler:
         key = (device_id, upload_id)
         with self._lock:
             if key in self._closed:
-                return None
+                return self._replay(key, rest)
             try:
                 if not index:
-                    return self._header(key, payload)
-                if not index.isdigit():
+                    done = self._header(key, payload)
+                elif not index.isdigit():
                     raise Rejected("invalid", f"topic: chunk number {index!r} is not a non-negative integer")
-                return self._chunk(key, int(index), payload)
-            except Rejected:
+                else:
+                    done = self._chunk(key, int(index), payload)
+            except Rejected as exc:
                 self._drop(key)
                 self._close(key)
+                self._unsettled[key] = (rest, exc)
                 raise
+            if done is not None:
+                self._unsettled[key] = (rest, done)
+            return done
+
+    def outcomes_committed(self) -> None:
+        """What the caller recorded of the uploads closed (or replayed) since it last committed or rolled back
+        is durable: from now on their resent messages are ignored."""
+        with self._lock:
+            self._unsettled.clear()
+
+    def outcomes_rolled_back(self) -> None:
+        """What the caller recorded of the uploads closed since it last committed was rolled back: the message
+        that closed each, handled again, returns the stored file (or raises the refusal) once more."""
+        with self._lock:
+            self._replayable.update(self._unsettled)
+            self._unsettled.clear()
+
+    def _replay(self, key: tuple[str, str], rest: str) -> Completed | None:
+        kept = self._replayable.get(key)
+        if kept is None or kept[0] != rest:
+            return None
+        del self._replayable[key]
+        self._unsettled[key] = kept
+        outcome = kept[1]
+        if isinstance(outcome, Rejected):
+            raise Rejected(outcome.kind, outcome.reason)
+        return outcome
 
     def _header(self, key: tuple[str, str], payload: bytes) -> Completed | None:
         header = parse_header(load_json(payload), self.max_bytes)
@@ -200,7 +234,8 @@ class Reassembler:
     def _close(self, key: tuple[str, str]) -> None:
         self._closed[key] = None
         while len(self._closed) > CLOSED_KEEP:
-            self._closed.popitem(last=False)
+            forgotten, _ = self._closed.popitem(last=False)
+            self._replayable.pop(forgotten, None)
 
     def _drop(self, key: tuple[str, str]) -> None:
         upload = self._uploads.pop(key, None)

@@ -293,6 +293,7 @@ class Hub:
                 writes.write(self.ctx, session)
         except Exception:
             log.exception("iot batch of %d failed; storing its messages one by one", len(batch))
+            self.uploads.outcomes_rolled_back()  # a file completed in the batch is recorded by its job alone
             outbox = []
             for job in batch:
                 try:
@@ -301,6 +302,9 @@ class Hub:
                 except Exception as exc:
                     log.exception("iot message from %s failed", job.device_id)
                     self._dead_letter_alone(job, "error", f"{exc.__class__.__name__}: {exc}")
+                self.uploads.outcomes_committed()
+        else:
+            self.uploads.outcomes_committed()
         self._publish(outbox)
 
     def _publish(self, outbox: list[tuple[str, bytes]]) -> None:
