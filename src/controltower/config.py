@@ -20,6 +20,9 @@ def _toml_path() -> Path:
     return Path(os.environ.get("CT_CONFIG_FILE", "ctower.toml"))
 
 
+WAL_AUTOCHECKPOINT_PAGES = 100_000  # pages of 4 KiB: a SQLite checkpoint once the WAL holds about 400 MB
+
+
 class Settings(BaseSettings):
     """Server-side settings. Agents and the CLI read the few they need from the same place."""
 
@@ -31,7 +34,9 @@ class Settings(BaseSettings):
         None, description="SQLAlchemy URL; default: SQLite in WAL mode at <data-dir>/ctower.db"
     )
     sqlite_wal_autocheckpoint: int = Field(
-        100_000, ge=1, description="SQLite: checkpoint the write-ahead log once it holds this many 4 KiB pages"
+        WAL_AUTOCHECKPOINT_PAGES,
+        ge=1,
+        description="SQLite: checkpoint the write-ahead log once it holds this many 4 KiB pages",
     )
     host: str = Field("127.0.0.1", description="HTTP listen address")
     port: int = Field(8080, ge=0, le=65535, description="HTTP listen port")

@@ -17,6 +17,7 @@ from sqlalchemy.engine import Dialect
 from sqlalchemy.orm import DeclarativeBase, Session, sessionmaker
 from sqlalchemy.types import TypeDecorator
 
+from controltower.config import WAL_AUTOCHECKPOINT_PAGES
 from controltower.core.group_commit import GroupCommitter
 
 T = TypeVar("T")
@@ -63,7 +64,6 @@ class UtcDateTime(TypeDecorator[dt.datetime]):
         return value.replace(tzinfo=dt.UTC) if value.tzinfo is None else value.astimezone(dt.UTC)
 
 
-WAL_AUTOCHECKPOINT_PAGES = 100_000  # pages of 4 KiB: a checkpoint once the WAL holds about 400 MB
 WAL_KEEP_BYTES = 64 * 1024 * 1024
 
 
