@@ -27,6 +27,7 @@ from sqlalchemy import create_engine, text
 from tests.support import RunningServer, free_port, start_server, wait_for
 
 from bench._meter import ProcessMeter
+from bench.mqtt_load import FleetProcesses
 from controltower.client import Client
 from controltower.iot.simulate import SimDevice, Simulator, provision
 
@@ -182,31 +183,36 @@ def _drain(db_url: str, target: int, quiet_s: float = 30.0, limit_s: float = 300
 
 
 def telemetry(broker: str, devices: int, rate: float, seconds: float, qos: int = 1,
-              processes: int = 1) -> dict[str, object]:
-    """`devices` sensors each sending `rate` messages/s for `seconds` (from `processes` simulator processes);
-    messages/s stored end to end."""
+              processes: int = 1, generator: str = "simulator") -> dict[str, object]:
+    """`devices` sensors each sending `rate` messages/s for `seconds` (from `processes` load generator
+    processes: the product's simulator, or `lean` ready-made QoS 1 packets); messages/s stored end to end."""
     with TemporaryDirectory() as tmp:
         root = Path(tmp)
         db_url = f"sqlite:///{root / 'data' / 'ctower.db'}"
         if broker == "embedded":
             srv = start_server(root / "data")
             return _telemetry_run(srv, srv, int(srv.env["CT_MQTT_PORT"]), None, devices, rate, seconds, qos,
-                                  db_url, broker, processes=processes)
+                                  db_url, broker, processes=processes, generator=generator)
         with _fleet_on_mosquitto(root, devices) as (fleet, port, broker_pid, url):
             srv = start_server(root / "data", env={"CT_MQTT_URL": url})
             return _telemetry_run(srv, srv, port, fleet, devices, rate, seconds, qos, db_url, broker, broker_pid,
-                                  processes)
+                                  processes, generator)
 
 
 def _telemetry_run(srv: RunningServer, admin_srv: RunningServer, port: int, fleet: list[SimDevice] | None,
                    devices: int, rate: float, seconds: float, qos: int, db_url: str, broker: str,
-                   broker_pid: int | None = None, processes: int = 1) -> dict[str, object]:
+                   broker_pid: int | None = None, processes: int = 1,
+                   generator: str = "simulator") -> dict[str, object]:
     try:
         if fleet is None:
             with admin_srv.client() as admin:
                 fleet = provision(admin, devices)
-        sim: Simulator | SimulatorProcesses
-        if processes > 1:
+        sim: Simulator | SimulatorProcesses | FleetProcesses
+        if generator == "lean":
+            if qos != 1:
+                raise ValueError("the lean generator publishes with QoS 1 only")
+            sim = FleetProcesses(fleet, port, rate, seed=1, processes=processes)
+        elif processes > 1:
             sim = SimulatorProcesses(fleet, port, rate, qos, seed=1, processes=processes)
         else:
             sim = Simulator(fleet, port=port, rate=rate, qos=qos, seed=1)
@@ -248,6 +254,7 @@ def _telemetry_run(srv: RunningServer, admin_srv: RunningServer, port: int, flee
             "drain_s": round(max(0.0, last_growth - stopped), 1),
             "server_cpu_percent": round(server_figures["cpu_s"] / elapsed * 100, 1),
             "server_rss_mb": server_figures["rss_max_mb"],
+            "load_generator": generator,
             "load_generator_processes": processes,
             "load_generator_cpu_percent": load_cpu,
             "machine": _machine(),
@@ -396,7 +403,9 @@ def main() -> None:
     tel.add_argument("--rate", type=float, default=5.0, help="messages/s per device")
     tel.add_argument("--seconds", type=float, default=30)
     tel.add_argument("--qos", type=int, choices=[0, 1], default=1)
-    tel.add_argument("--processes", type=int, default=1, help="simulator processes sharing the fleet")
+    tel.add_argument("--processes", type=int, default=1, help="load generator processes sharing the fleet")
+    tel.add_argument("--generator", choices=["simulator", "lean"], default="simulator",
+                     help="paho clients of `ctower device simulate`, or ready-made QoS 1 packets (bench/mqtt_load.py)")
     blg = sub.add_parser("backlog")
     blg.add_argument("--devices", type=int, default=1000)
     blg.add_argument("--rate", type=float, default=10.0, help="messages/s per device while the server is stopped")
@@ -409,7 +418,8 @@ def main() -> None:
     idl.add_argument("--devices", type=int, default=1000)
     args = parser.parse_args()
     if args.what == "telemetry":
-        result = telemetry(args.broker, args.devices, args.rate, args.seconds, args.qos, args.processes)
+        result = telemetry(args.broker, args.devices, args.rate, args.seconds, args.qos, args.processes,
+                           args.generator)
     elif args.what == "backlog":
         result = backlog(args.devices, args.rate, args.seconds, args.qos)
     elif args.what == "commands":
