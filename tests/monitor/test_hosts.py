@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 import time
 from pathlib import Path
@@ -199,6 +200,34 @@ def test_host_row_reappears_when_a_deleted_host_pushes_again(db, tmp_path):
         hosts.ingest_metrics(ctx, session, agent.id, push)
     with db.session() as session:
         assert session.get(Host, hosts.read_host(session, "web1")[0].id).samples_received == 4
+
+
+def test_pushes_sharing_a_transaction_are_each_counted_and_a_deleted_host_comes_back(db, tmp_path):
+    """receive_metrics, as the API calls it: on SQLite pushes share group-commit transactions and their counts
+    are written together at commit (host_counts.count_at_commit), the same agent possibly twice in one."""
+    ctx = make_ctx(db, tmp_path)
+    with db.session() as session:
+        web1 = register_agent(session, name="web1", facts={}, labels=[], capacity=1, version=None).id
+        web2 = register_agent(session, name="web2", facts={}, labels=[], capacity=1, version=None).id
+    start = time.time() - 1000
+
+    async def push_rounds(first: int, rounds: int) -> None:
+        await asyncio.gather(*(
+            hosts.receive_metrics(ctx, agent_id, METRICS_PUSH.validate_python(_samples(start + n)))
+            for n in range(first, first + rounds) for agent_id in (web1, web2)
+        ))
+
+    def counted() -> dict[str, tuple[int, int]]:
+        with db.read_session() as session:
+            return {h.name: (h.samples_received, h.samples_dropped_by_agent) for h in session.query(Host)}
+
+    asyncio.run(push_rounds(0, 1))  # the first push of each creates its Host
+    asyncio.run(push_rounds(1, 10))
+    assert counted() == {"web1": (44, 33), "web2": (44, 33)}
+    with db.session() as session:
+        hosts.delete_host(session, "web1")
+    asyncio.run(push_rounds(11, 5))
+    assert counted() == {"web1": (20, 15), "web2": (64, 48)}  # web1 counted again from its next push
 
 
 def test_repeated_pushes_of_the_same_series_are_stored_and_still_checked(server):

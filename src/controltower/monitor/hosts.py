@@ -9,17 +9,18 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import bindparam, select, update
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from controltower.core.agents import Agent
 from controltower.core.context import Context
 from controltower.core.db import utcnow
 from controltower.core.series import BatchShape, LatestSample, PreparedSamples, Sample
+from controltower.monitor import host_counts
 from controltower.monitor.models import Host
 from controltower.monitor.schemas import HostDetail, HostPublic, HostStatusChange, MetricsPush, MetricValue
 
-UP, DOWN, UNKNOWN = "up", "down", "unknown"
+UP, DOWN = "up", "down"
 HISTORY_LIMIT = 50
 FACT_SUMMARY_KEYS = (
     "hostname",
@@ -64,18 +65,6 @@ async def receive_metrics(ctx: Context, agent_id: int, push: MetricsPush) -> tup
 
 
 _VALIDATOR = ThreadPoolExecutor(1, thread_name_prefix="metrics-validate")
-_hosts = Host.__table__
-# Built once, a plain Core statement: the ORM's bulk-update path cost more than the update itself.
-_COUNT_PUSH = (
-    update(_hosts)
-    .where(_hosts.c.agent_id == bindparam("agent"))
-    .values(
-        name=bindparam("name"),
-        last_metrics_at=bindparam("now"),
-        samples_received=_hosts.c.samples_received + bindparam("count"),
-        samples_dropped_by_agent=_hosts.c.samples_dropped_by_agent + bindparam("dropped"),
-    )
-)
 
 
 def ingest_metrics(ctx: Context, session: Session, agent_id: int, push: MetricsPush) -> tuple[str, int]:
@@ -123,23 +112,13 @@ def _prepare(ctx: Context, agent_id: int, push: MetricsPush) -> tuple[str, Prepa
 
 def _store(ctx: Context, session: Session, agent_id: int, name: str, prepared: PreparedSamples | None,
            count: int, dropped: int, defer: bool = False) -> int:
-    """Insert the samples and count them on the agent's Host; reads and writes plain columns only."""
+    """Insert the samples and count them on the agent's Host; reads and writes plain columns only. With
+    `defer` (SQLite's group commit), both are written with the transaction's other pushes when it commits."""
     stored = ctx.series.store(session, prepared, defer) if prepared is not None else 0
-    now = utcnow()
-    counted = session.connection().execute(
-        _COUNT_PUSH, {"agent": agent_id, "name": name, "now": now, "count": count, "dropped": dropped}
-    )
-    if counted.rowcount == 0:  # the first push, or the first since the host was deleted
-        host = session.scalar(select(Host).where(Host.name == name))
-        if host is None:
-            host = Host(name=name, status=UNKNOWN, status_since=now, samples_received=0,
-                        samples_dropped_by_agent=0, history=[])
-            session.add(host)
-        host.agent_id = agent_id
-        host.last_metrics_at = now
-        host.samples_received = (host.samples_received or 0) + count
-        host.samples_dropped_by_agent = (host.samples_dropped_by_agent or 0) + dropped
-        session.flush()
+    if defer and ctx.db.dialect == "sqlite":
+        host_counts.count_at_commit(session, agent_id, name, count, dropped)
+    else:
+        host_counts.count_now(session, agent_id, name, count, dropped, utcnow())
     return stored
 
 
