@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import multiprocessing
 import os
 import platform
 import shutil
@@ -13,11 +12,9 @@ import statistics
 import subprocess
 import tempfile
 import time
-from collections import Counter
 from collections.abc import Iterator
 from contextlib import contextmanager
 from multiprocessing.connection import Connection
-from multiprocessing.process import BaseProcess
 from pathlib import Path
 from tempfile import TemporaryDirectory
 
@@ -26,8 +23,9 @@ import psutil
 from sqlalchemy import create_engine, text
 from tests.support import RunningServer, free_port, start_server, wait_for
 
+from bench._children import ChildProcesses
 from bench._meter import ProcessMeter
-from bench.mqtt_load import FleetProcesses
+from bench.mqtt_load import fleet_processes
 from controltower.client import Client
 from controltower.iot.simulate import SimDevice, Simulator, provision
 
@@ -108,55 +106,11 @@ def _simulate_in_child(conn: Connection, fleet: list[SimDevice], port: int, rate
         conn.send(sim.snapshot())
 
 
-class SimulatorProcesses:
-    """The fleet split over `processes` simulator processes (one simulator thread tops out near one core),
-    with the Simulator's start / wait_connected / snapshot / stop."""
-
-    def __init__(self, fleet: list[SimDevice], port: int, rate: float, qos: int, seed: int, processes: int) -> None:
-        context = multiprocessing.get_context("spawn")
-        self.total = len(fleet)
-        self._conns: list[Connection] = []
-        self._procs: list[BaseProcess] = []
-        self._final: dict[str, int] | None = None  # the counts when stopped
-        for i in range(processes):
-            parent, child = context.Pipe()
-            proc = context.Process(target=_simulate_in_child, daemon=True,
-                                   args=(child, fleet[i::processes], port, rate, qos, seed + i))
-            self._conns.append(parent)
-            self._procs.append(proc)
-
-    def start(self) -> SimulatorProcesses:
-        for proc in self._procs:
-            proc.start()
-        return self
-
-    @property
-    def pids(self) -> list[int]:
-        return [proc.pid for proc in self._procs if proc.pid is not None]
-
-    def _ask(self, command: str) -> dict[str, int]:
-        for conn in self._conns:
-            conn.send(command)
-        total: Counter[str] = Counter()
-        for conn in self._conns:
-            total.update(conn.recv())
-        return dict(total)
-
-    def snapshot(self) -> dict[str, int]:
-        return self._final if self._final is not None else self._ask("snapshot")
-
-    def wait_connected(self, timeout: float = 60.0) -> bool:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.snapshot().get("connected", 0) >= self.total:
-                return True
-            time.sleep(0.2)
-        return False
-
-    def stop(self) -> None:
-        self._final = self._ask("stop")
-        for proc in self._procs:
-            proc.join(30)
+def simulator_processes(fleet: list[SimDevice], port: int, rate: float, qos: int, seed: int,
+                        processes: int) -> ChildProcesses:
+    """The fleet split over `processes` simulator processes (one simulator thread tops out near one core)."""
+    parts = [(fleet[i::processes], port, rate, qos, seed + i) for i in range(processes)]
+    return ChildProcesses(_simulate_in_child, parts, len(fleet))
 
 
 def _stored_messages(db_url: str) -> int:
@@ -207,13 +161,13 @@ def _telemetry_run(srv: RunningServer, admin_srv: RunningServer, port: int, flee
         if fleet is None:
             with admin_srv.client() as admin:
                 fleet = provision(admin, devices)
-        sim: Simulator | SimulatorProcesses | FleetProcesses
+        sim: Simulator | ChildProcesses
         if generator == "lean":
             if qos != 1:
                 raise ValueError("the lean generator publishes with QoS 1 only")
-            sim = FleetProcesses(fleet, port, rate, seed=1, processes=processes)
+            sim = fleet_processes(fleet, port, rate, seed=1, processes=processes)
         elif processes > 1:
-            sim = SimulatorProcesses(fleet, port, rate, qos, seed=1, processes=processes)
+            sim = simulator_processes(fleet, port, rate, qos, seed=1, processes=processes)
         else:
             sim = Simulator(fleet, port=port, rate=rate, qos=qos, seed=1)
         sim.start()

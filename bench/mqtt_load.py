@@ -11,14 +11,13 @@ then send `{"ts": ..., "values": {"temperature": ..., "humidity": ...}}` on thei
 from __future__ import annotations
 
 import asyncio
-import multiprocessing
 import random
 import struct
 import threading
 import time
 from multiprocessing.connection import Connection
-from multiprocessing.process import BaseProcess
 
+from bench._children import ChildProcesses
 from controltower.iot import topics
 from controltower.iot.simulate import SimDevice, sensor_payload
 
@@ -196,59 +195,7 @@ def _fleet_in_child(conn: Connection, devices: list[SimDevice], port: int, rate:
     conn.send(dict(fleet.stats))
 
 
-class FleetProcesses:
-    """The fleet split over `processes` processes, with the simulator's start / wait_connected / snapshot /
-    stop, so the benchmark drives either."""
-
-    def __init__(self, devices: list[SimDevice], port: int, rate: float, seed: int, processes: int) -> None:
-        context = multiprocessing.get_context("spawn")
-        self.total = len(devices)
-        self._conns: list[Connection] = []
-        self._procs: list[BaseProcess] = []
-        self._final: dict[str, int] | None = None
-        for i in range(processes):
-            parent, child = context.Pipe()
-            proc = context.Process(target=_fleet_in_child, daemon=True,
-                                   args=(child, devices[i::processes], port, rate, seed + i))
-            self._conns.append(parent)
-            self._procs.append(proc)
-
-    @property
-    def pids(self) -> list[int]:
-        return [proc.pid for proc in self._procs if proc.pid is not None]
-
-    def start(self) -> FleetProcesses:
-        for proc in self._procs:
-            proc.start()
-        return self
-
-    def snapshot(self) -> dict[str, int]:
-        if self._final is not None:
-            return dict(self._final)
-        total: dict[str, int] = {}
-        for conn in self._conns:
-            conn.send("snapshot")
-            for key, value in conn.recv().items():
-                total[key] = total.get(key, 0) + value
-        return total
-
-    def wait_connected(self, timeout: float = 60.0) -> bool:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            stats = self.snapshot()
-            if stats.get("connected", 0) + stats.get("errors", 0) >= self.total:
-                return stats.get("connected", 0) == self.total
-            time.sleep(0.2)
-        return False
-
-    def stop(self) -> None:
-        if self._final is not None:
-            return
-        total: dict[str, int] = {}
-        for conn in self._conns:
-            conn.send("stop")
-            for key, value in conn.recv().items():
-                total[key] = total.get(key, 0) + value
-        for proc in self._procs:
-            proc.join(10)
-        self._final = total
+def fleet_processes(devices: list[SimDevice], port: int, rate: float, seed: int, processes: int) -> ChildProcesses:
+    """The fleet split over `processes` processes, driven like the simulator's."""
+    parts = [(devices[i::processes], port, rate, seed + i) for i in range(processes)]
+    return ChildProcesses(_fleet_in_child, parts, len(devices))

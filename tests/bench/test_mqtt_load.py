@@ -6,7 +6,7 @@ import json
 import time
 from pathlib import Path
 
-from bench.mqtt_load import FleetProcesses
+from bench.mqtt_load import fleet_processes
 
 from controltower.iot.simulate import SimDevice
 from tests.iot.mqtt_support import SERVER_PASSWORD, SERVER_USER, DeviceClient, run_mosquitto
@@ -21,7 +21,7 @@ def test_the_lean_fleet_publishes_acknowledged_telemetry_as_its_devices(tmp_path
         time.sleep(0.5)  # Mosquitto reloads the password file on SIGHUP
         server = DeviceClient(broker.port, SERVER_USER, SERVER_PASSWORD).connect()
         server.subscribe("ct/d/+/#")
-        fleet = FleetProcesses(devices, broker.port, rate=20, seed=1, processes=1).start()
+        fleet = fleet_processes(devices, broker.port, rate=20, seed=1, processes=1).start()
         try:
             assert fleet.wait_connected(timeout=30)
             wait_for(lambda: fleet.snapshot()["acked"] >= 30, message="acknowledged telemetry")
@@ -42,9 +42,9 @@ def test_a_device_with_a_wrong_token_is_counted_as_an_error(tmp_path: Path) -> N
     with run_mosquitto(tmp_path) as broker:
         broker.add_user("lean0", "right")
         time.sleep(0.5)
-        fleet = FleetProcesses([SimDevice("lean0", "wrong")], broker.port, rate=1, seed=1, processes=1).start()
+        fleet = fleet_processes([SimDevice("lean0", "wrong")], broker.port, rate=1, seed=1, processes=1).start()
         try:
-            assert not fleet.wait_connected(timeout=30)
+            assert not fleet.wait_connected(timeout=5)
         finally:
             fleet.stop()
     assert fleet.snapshot()["errors"] == 1 and fleet.snapshot()["connected"] == 0

@@ -12,7 +12,6 @@ from sqlalchemy.orm import Session
 from controltower.core.db import UtcDateTime, utcnow
 from controltower.monitor.models import Host
 
-UNKNOWN = "unknown"
 _PENDING = "ct_host_counts_pending"  # session.info: agent id -> [host name, samples, dropped]
 
 _hosts = Host.__table__
@@ -40,8 +39,8 @@ def count_now(session: Session, agent_id: int, name: str, count: int, dropped: i
         return
     host = session.scalar(select(Host).where(Host.name == name))  # the first push, or the first since a delete
     if host is None:
-        host = Host(name=name, status=UNKNOWN, status_since=now, samples_received=0,
-                    samples_dropped_by_agent=0, history=[])
+        host = Host(name=name, status_since=now, samples_received=0, samples_dropped_by_agent=0,
+                    history=[])  # status: the model's default, unknown until liveness decides
         session.add(host)
     host.agent_id = agent_id
     host.last_metrics_at = now
@@ -90,7 +89,6 @@ def _flush(session: Session) -> None:
     counted = set(session.connection().execute(_count_pushes_sql(len(pending)), params).scalars())
     for agent_id, (name, count, dropped) in pending.items():
         if agent_id not in counted:  # its Host was deleted since: made again, as on a first push
-            _with_host.discard(agent_id)
             count_now(session, agent_id, name, count, dropped, now)
 
 
