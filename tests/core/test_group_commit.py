@@ -7,7 +7,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
-from sqlalchemy import text
+from sqlalchemy import Connection, text
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -77,3 +77,26 @@ def test_an_exception_reaches_the_caller_and_nothing_is_written(table: Database)
     with pytest.raises(ValueError, match="refused after writing"):
         table.write(broken)
     assert _rows(table) == {}
+
+
+def _connection(session: Session) -> Connection:
+    return session.connection()
+
+
+def test_the_writer_keeps_one_connection_and_takes_a_fresh_one_after_a_fault(table: Database) -> None:
+    if table.dialect != "sqlite":
+        pytest.skip("group commit (and its writer's own connection) is SQLite's")
+    with table.read_session():  # another pooled connection in use meanwhile does not matter
+        first = [table.write(_connection) for _ in range(5)]
+    assert all(conn is first[0] for conn in first)
+
+    def fault(session: Session) -> None:
+        session.execute(text("INSERT INTO gc_items (n, writer) VALUES (1, 1)"))
+        raise RuntimeError("job failed")
+
+    with pytest.raises(RuntimeError):
+        table.write(fault)
+    after = table.write(_connection)
+    table.write(_insert(2, 2))
+    assert _rows(table) == {2: 2}  # the failed job's row was rolled back, the next job committed
+    assert after is not first[0] and first[0].closed

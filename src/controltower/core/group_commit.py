@@ -6,6 +6,10 @@ own, and the thread holding the write lock waits for the GIL between its stateme
 requests parse JSON. Here jobs queue up while a transaction runs, and the next transaction takes all of
 them: the lock is held by one thread that does nothing else.
 
+The writer keeps one connection of its own for all its transactions: its cached statements (a compiled
+multi-row INSERT costs ten times its execution) and its page cache stay warm, instead of following
+whichever pooled connection comes next.
+
 Each job is still all-or-nothing: when a group's transaction fails, every job of it runs again alone in a
 transaction of its own, so one bad job fails only its own request.
 """
@@ -15,10 +19,12 @@ from __future__ import annotations
 import logging
 import queue
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import Future
+from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any, TypeVar
 
+from sqlalchemy import Connection
 from sqlalchemy.orm import Session
 
 if TYPE_CHECKING:
@@ -41,6 +47,7 @@ class GroupCommitter:
         self._jobs: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
         self._thread: threading.Thread | None = None
         self._lock = threading.Lock()
+        self._conn: Connection | None = None  # the writer thread's own; only that thread touches it
         self.groups = 0
         self.jobs = 0
 
@@ -69,6 +76,12 @@ class GroupCommitter:
                     self._thread.start()
 
     def _loop(self) -> None:
+        try:
+            self._serve()
+        finally:
+            self._drop_connection()
+
+    def _serve(self) -> None:
         while True:
             first = self._jobs.get()
             if first is None:
@@ -91,7 +104,7 @@ class GroupCommitter:
     def _commit(self, group: list[_Job]) -> None:
         results: list[Any] = []
         try:
-            with self.db.session() as session:
+            with self._session() as session:
                 results = [job(session) for job, _ in group]
         except BaseException as exc:  # each job is retried alone below and gets its own outcome
             if len(group) == 1:
@@ -106,9 +119,36 @@ class GroupCommitter:
         for (_, future), result in zip(group, results, strict=True):
             future.set_result(result)
 
+    @contextmanager
+    def _session(self) -> Iterator[Session]:
+        """A session on the writer's own connection, committed when the block ends cleanly."""
+        if self._conn is None:
+            self._conn = self.db.engine.connect()
+        session = self.db.sessionmaker(bind=self._conn)
+        failed = False
+        try:
+            yield session
+            session.commit()
+        except BaseException:
+            failed = True
+            session.rollback()
+            raise
+        finally:
+            session.close()
+            if failed:  # the next transaction starts on a fresh connection
+                self._drop_connection()
+
+    def _drop_connection(self) -> None:
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            try:
+                conn.close()
+            except Exception:  # a broken connection is discarded by the pool either way
+                log.debug("closing the writer's connection failed", exc_info=True)
+
     def _commit_alone(self, job: Callable[[Session], Any], future: Future) -> None:
         try:
-            with self.db.session() as session:
+            with self._session() as session:
                 result = job(session)
         except BaseException as exc:  # handed to the caller, which raises it
             future.set_exception(exc)
