@@ -85,6 +85,20 @@ def test_same_series_and_timestamp_overwrites(store: SeriesStore, db: Database):
     assert count(db, Series) == 1
 
 
+def test_a_batch_between_statement_sizes_stores_exactly_its_samples(store: SeriesStore, db: Database):
+    # 23 rows are written by a statement of 26 (the last row repeated): nothing extra may appear, the repeated
+    # (series, ts) keeps its last value, and the newest value of each series is right.
+    samples = [Sample("temp", {"room": str(i)}, T0, float(i)) for i in range(20)]
+    samples += [Sample("temp", {"room": "0"}, T0 + 1, 7.0), Sample("temp", {"room": "0"}, T0 + 2, 8.0),
+                Sample("temp", {"room": "0"}, T0 + 2, 9.0)]
+    assert store.write(samples) == 23
+    assert count(db, SampleRow) == 22
+    [room0] = store.query("temp", {"room": "0"}, T0, T0 + 10, resolution="raw")
+    assert room0.points == [(T0, 0.0), (T0 + 1, 7.0), (T0 + 2, 9.0)]
+    latest = {s.labels["room"]: (s.ts, s.value) for s in store.latest(name_prefix="temp")}
+    assert latest == {"0": (T0 + 2, 9.0), **{str(i): (T0, float(i)) for i in range(1, 20)}}
+
+
 def test_deferred_batches_go_in_together_at_commit_in_order(store: SeriesStore, db: Database):
     store.write([Sample("temp", {"room": "1"}, T0, 1.0), Sample("temp", {"room": "2"}, T0, 1.0)])  # known series
     first = store.prepare([Sample("temp", {"room": "1"}, T0 + 1, 20.0), Sample("temp", {"room": "2"}, T0 + 1, 5.0)])

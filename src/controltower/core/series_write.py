@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import bisect
 import functools
 import math
 import re
@@ -42,6 +43,21 @@ def _upsert_latest_sql(rows: int) -> str:
     return (f"INSERT INTO series_latest (series_id, ts, value) SELECT * FROM (VALUES {values}) WHERE true "
             "ON CONFLICT (series_id) DO UPDATE SET ts = excluded.ts, value = excluded.value "
             "WHERE excluded.ts >= series_latest.ts")
+
+
+# Statement sizes, in rows: compiling a multi-row INSERT costs about ten times executing it, so batches of any
+# size use one of these few statements (each compiled once per connection), at most a quarter larger.
+_STATEMENT_ROWS = sorted(
+    {min(_SQLITE_ROWS_PER_STATEMENT, math.ceil(8 * 2 ** (k / 3))) for k in range(33)} | set(range(1, 9))
+)
+
+
+def _padded(flat: list[float]) -> tuple[float, ...]:
+    """Rows (flat, three values each) padded to the next statement size by repeating the last row: it
+    writes the same values again, which changes nothing (a repeated key keeps its last value)."""
+    rows = len(flat) // 3
+    size = _STATEMENT_ROWS[bisect.bisect_left(_STATEMENT_ROWS, rows)]
+    return (*flat, *flat[-3:] * (size - rows)) if size > rows else tuple(flat)
 
 
 _DEFERRED = "ct_series_deferred"
@@ -271,11 +287,11 @@ class SeriesWriter:
         # Many rows per statement, their values bound in C from one flat sequence: no per-row round trip
         # through Python (as executemany makes) and no JSON for SQLite to parse (as json_each would).
         for start in range(0, len(rows), _SQLITE_ROWS_PER_STATEMENT * 3):
-            chunk = rows[start : start + _SQLITE_ROWS_PER_STATEMENT * 3]
-            conn.exec_driver_sql(_insert_samples_sql(len(chunk) // 3), tuple(chunk))
+            chunk = _padded(rows[start : start + _SQLITE_ROWS_PER_STATEMENT * 3])
+            conn.exec_driver_sql(_insert_samples_sql(len(chunk) // 3), chunk)
         for start in range(0, len(latest), _SQLITE_ROWS_PER_STATEMENT * 3):
-            chunk = latest[start : start + _SQLITE_ROWS_PER_STATEMENT * 3]
-            conn.exec_driver_sql(_upsert_latest_sql(len(chunk) // 3), tuple(chunk))
+            chunk = _padded(latest[start : start + _SQLITE_ROWS_PER_STATEMENT * 3])
+            conn.exec_driver_sql(_upsert_latest_sql(len(chunk) // 3), chunk)
         return count
 
     @staticmethod
