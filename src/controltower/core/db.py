@@ -12,7 +12,7 @@ from typing import Any, TypeVar
 
 from alembic import command
 from alembic.config import Config
-from sqlalchemy import DateTime, Engine, MetaData, create_engine, event, text
+from sqlalchemy import Connection, DateTime, Engine, MetaData, create_engine, event, text
 from sqlalchemy.engine import Dialect
 from sqlalchemy.orm import DeclarativeBase, Session, sessionmaker
 from sqlalchemy.types import TypeDecorator
@@ -161,9 +161,10 @@ class Database:
         return self.engine.dialect.name
 
     @contextmanager
-    def session(self) -> Iterator[Session]:
-        """A session whose transaction commits when the block ends cleanly and rolls back otherwise."""
-        session = self.sessionmaker()
+    def session(self, bind: Connection | None = None) -> Iterator[Session]:
+        """A session whose transaction commits when the block ends cleanly and rolls back otherwise; on
+        `bind`'s connection if given, else on one from the pool."""
+        session = self.sessionmaker() if bind is None else self.sessionmaker(bind=bind)
         try:
             yield session
             session.commit()

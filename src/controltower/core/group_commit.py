@@ -124,19 +124,12 @@ class GroupCommitter:
         """A session on the writer's own connection, committed when the block ends cleanly."""
         if self._conn is None:
             self._conn = self.db.engine.connect()
-        session = self.db.sessionmaker(bind=self._conn)
-        failed = False
         try:
-            yield session
-            session.commit()
+            with self.db.session(bind=self._conn) as session:
+                yield session
         except BaseException:
-            failed = True
-            session.rollback()
+            self._drop_connection()  # the next transaction starts on a fresh connection
             raise
-        finally:
-            session.close()
-            if failed:  # the next transaction starts on a fresh connection
-                self._drop_connection()
 
     def _drop_connection(self) -> None:
         conn, self._conn = self._conn, None
