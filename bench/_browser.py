@@ -1,16 +1,21 @@
-"""What the dashboard benchmarks share: a fleet that keeps pushing while the page is open, the browser's CPU,
-and timed page loads."""
+"""What the dashboard benchmarks share: a fleet that keeps pushing while the page is open, a logged-in page in
+Chromium, timed page loads, and the browser's and the server's CPU over a watched window."""
 
 from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from typing import Any
 
 import httpx
 import psutil
+from tests.e2e.browser import CHROMIUM, CHROMIUM_ARGS, log_in, open_tab
+from tests.support import RunningServer
+
+from bench._meter import ProcessMeter
 
 PUSH_INTERVAL_S = 10.0
 
@@ -52,6 +57,34 @@ class Pusher(threading.Thread):
         self.pool.shutdown()
         for client in self.clients:
             client.close()
+
+
+@contextmanager
+def admin_page(srv: RunningServer, path: str, tab_name: str) -> Iterator[Any]:
+    """A Chromium page logged in as the admin, at `path`; the browser is closed afterwards."""
+    from playwright.sync_api import sync_playwright
+
+    password = (srv.data_dir / "admin-password").read_text().strip()
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS, headless=True)
+        try:
+            with open_tab(browser, tab_name) as tab:
+                log_in(tab, srv.url, "admin", password, path)
+                yield tab.page
+        finally:
+            browser.close()
+
+
+def watch(window_s: float, server_pid: int, *other_pids: int) -> tuple[dict[str, Any], list[dict[str, float]]]:
+    """The browser's CPU and each process's (the server first) over `window_s`, sampling RSS every 5 s
+    without busy-polling."""
+    meters = [ProcessMeter(pid) for pid in (server_pid, *other_pids)]
+    chromium = chromium_meter()
+    deadline = time.monotonic() + window_s
+    while time.monotonic() < deadline:
+        time.sleep(min(5.0, max(0.0, deadline - time.monotonic())))
+        meters[0].sample()
+    return chromium(), [m.stop() for m in meters]
 
 
 def timed_loads(page: Any, url: str, ready_js: str, arg: int, loads: int) -> list[float]:

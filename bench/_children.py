@@ -47,10 +47,16 @@ class ChildProcesses:
         return dict(self._final) if self._final is not None else self._ask("snapshot")
 
     def wait_connected(self, timeout: float = 60.0) -> bool:
+        """True once every device is connected; False at the timeout, or as soon as the devices that gave up
+        (a child's `gave_up` count: refused logins, for a fleet that does not retry) leave too few."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            if self.snapshot().get("connected", 0) >= self.total:
+            counts = self.snapshot()
+            connected = counts.get("connected", 0)
+            if connected >= self.total:
                 return True
+            if connected + counts.get("gave_up", 0) >= self.total:
+                return False
             time.sleep(0.2)
         return False
 

@@ -13,11 +13,10 @@ from typing import Any
 
 import httpx
 import psutil
-from tests.e2e.browser import CHROMIUM, CHROMIUM_ARGS, chromium_missing, log_in, open_tab
+from tests.e2e.browser import chromium_missing
 from tests.support import start_server
 
-from bench._browser import Pusher, chromium_meter, timed_loads
-from bench._meter import ProcessMeter
+from bench._browser import Pusher, admin_page, timed_loads, watch
 
 # True once the page says it lists all `n` devices and the table shows its first page of rows.
 ALL_LISTED = """n => {
@@ -46,44 +45,27 @@ def run(devices: int = 1000, window_s: float = 60.0, loads: int = 3) -> dict[str
     reason = chromium_missing()
     if reason:
         return {"skipped": reason}
-    from playwright.sync_api import sync_playwright
-
     with TemporaryDirectory() as tmp:
         srv = start_server(Path(tmp) / "data")
         created: list[dict[str, str]] = []
         pusher = Pusher(srv.url, devices, lambda client, i: _push(client, created[i]))
         try:
-            password = (srv.data_dir / "admin-password").read_text().strip()
             started = time.monotonic()
             created += _import(srv.url, srv.token, devices)
             import_s = time.monotonic() - started
             pusher.push_all()
             pusher.start()
-            with sync_playwright() as pw:
-                browser = pw.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS, headless=True)
-                try:
-                    with open_tab(browser, "bench-dashboard-devices") as tab:
-                        page = tab.page
-                        log_in(tab, srv.url, "admin", password, "/devices")
-                        page.wait_for_function(ALL_LISTED, arg=devices, timeout=120_000)  # warm-up load
-                        load_s = timed_loads(page, srv.url + "/devices", ALL_LISTED, devices, loads)
-                        t0 = time.monotonic()
-                        page.get_by_label("Search").fill(f"sensor-{devices - 1:04d}")
-                        page.wait_for_function("() => document.querySelector('[data-testid=device-count]')"
-                                               ".textContent.startsWith('1 of')", timeout=60_000)
-                        search_s = time.monotonic() - t0
-                        page.get_by_label("Search").fill("")
-                        page.wait_for_function(ALL_LISTED, arg=devices, timeout=120_000)
-                        server = ProcessMeter(srv.proc.pid)
-                        chromium = chromium_meter()
-                        deadline = time.monotonic() + window_s
-                        while time.monotonic() < deadline:
-                            time.sleep(min(5.0, max(0.0, deadline - time.monotonic())))
-                            server.sample()
-                        browser_cpu = chromium()
-                        server_cpu = server.stop()
-                finally:
-                    browser.close()
+            with admin_page(srv, "/devices", "bench-dashboard-devices") as page:
+                page.wait_for_function(ALL_LISTED, arg=devices, timeout=120_000)  # warm-up load
+                load_s = timed_loads(page, srv.url + "/devices", ALL_LISTED, devices, loads)
+                t0 = time.monotonic()
+                page.get_by_label("Search").fill(f"sensor-{devices - 1:04d}")
+                page.wait_for_function("() => document.querySelector('[data-testid=device-count]')"
+                                       ".textContent.startsWith('1 of')", timeout=60_000)
+                search_s = time.monotonic() - t0
+                page.get_by_label("Search").fill("")
+                page.wait_for_function(ALL_LISTED, arg=devices, timeout=120_000)
+                browser_cpu, (server_cpu,) = watch(window_s, srv.proc.pid)
         finally:
             pusher.close()
             srv.stop()

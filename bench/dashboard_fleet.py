@@ -13,11 +13,10 @@ from typing import Any
 
 import httpx
 import psutil
-from tests.e2e.browser import CHROMIUM, CHROMIUM_ARGS, chromium_missing, log_in, open_tab
+from tests.e2e.browser import chromium_missing
 from tests.support import start_server
 
-from bench._browser import PUSH_INTERVAL_S, Pusher, chromium_meter, timed_loads
-from bench._meter import ProcessMeter
+from bench._browser import PUSH_INTERVAL_S, Pusher, admin_page, timed_loads, watch
 
 METRICS_PATH = "/api/v1/monitor/hosts/metrics"
 HEARTBEAT_PATH = "/api/v1/agents/heartbeat"
@@ -66,14 +65,11 @@ def run(hosts: int = 500, window_s: float = 60.0, loads: int = 3) -> dict[str, A
     reason = chromium_missing()
     if reason:
         return {"skipped": reason}
-    from playwright.sync_api import sync_playwright
-
     with TemporaryDirectory() as tmp:
         srv = start_server(Path(tmp) / "data")
         tokens: list[str] = []
         pusher = Pusher(srv.url, hosts, lambda client, i: _push(client, tokens[i], time.time()))
         try:
-            password = (srv.data_dir / "admin-password").read_text().strip()
             started = time.monotonic()
             tokens += pusher.pool.map(lambda i: _enrol(srv.url, srv.token, f"sim-{i:04d}"), range(hosts))
             enrol_s = time.monotonic() - started
@@ -81,30 +77,14 @@ def run(hosts: int = 500, window_s: float = 60.0, loads: int = 3) -> dict[str, A
             for back in (20.0, 10.0, 0.0):  # a few samples each, so sparklines have points
                 pusher.each(lambda client, i, back=back: _push(client, tokens[i], now - back))
             pusher.start()
-            with sync_playwright() as pw:
-                browser = pw.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS, headless=True)
-                try:
-                    with open_tab(browser, "bench-dashboard-fleet") as tab:
-                        page = tab.page
-                        log_in(tab, srv.url, "admin", password, "/monitor")
-                        page.wait_for_function(ALL_CARDS_VISIBLE, arg=hosts, timeout=120_000)  # warm-up load
-                        load_s = timed_loads(page, srv.url + "/monitor", ALL_CARDS_VISIBLE, hosts, loads)
-                        cards = page.locator(CARD).count()
-                        cpu_label = page.locator(f"{CARD} [data-metric=cpu]").first
-                        first_values = [cpu_label.inner_text()]
-                        server = ProcessMeter(srv.proc.pid)
-                        load_gen = ProcessMeter(psutil.Process().pid)
-                        chromium = chromium_meter()
-                        deadline = time.monotonic() + window_s
-                        while time.monotonic() < deadline:  # watch the first card change, without busy-polling
-                            time.sleep(min(5.0, max(0.0, deadline - time.monotonic())))
-                            server.sample()
-                        browser_cpu = chromium()
-                        server_cpu = server.stop()
-                        load_gen_cpu = load_gen.stop()
-                        first_values.append(cpu_label.inner_text())
-                finally:
-                    browser.close()
+            with admin_page(srv, "/monitor", "bench-dashboard-fleet") as page:
+                page.wait_for_function(ALL_CARDS_VISIBLE, arg=hosts, timeout=120_000)  # warm-up load
+                load_s = timed_loads(page, srv.url + "/monitor", ALL_CARDS_VISIBLE, hosts, loads)
+                cards = page.locator(CARD).count()
+                cpu_label = page.locator(f"{CARD} [data-metric=cpu]").first
+                first_values = [cpu_label.inner_text()]  # the first card's value changes while watched
+                browser_cpu, (server_cpu, load_gen_cpu) = watch(window_s, srv.proc.pid, psutil.Process().pid)
+                first_values.append(cpu_label.inner_text())
         finally:
             pusher.close()
             srv.stop()

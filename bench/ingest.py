@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import os
 import platform
-import queue
 import threading
 import time
 from pathlib import Path
@@ -47,14 +47,12 @@ def run(database_url: str | None, agents: int, batch: int, seconds: float, worke
         srv = start_server(Path(tmp) / "data", env=env)
         try:
             tokens = _enrol_agents(srv.url, srv.token, agents)
-            # Each agent drains a backlog (as after an outage): more messages than can be sent in `seconds`.
-            per_agent = max(1, int(seconds * 400_000 / batch / agents))
-            work: queue.Queue[tuple[str, bytes, float]] = queue.Queue()
+            # Each agent drains a backlog (as after an outage), a push a second of it after another: more
+            # messages than can be sent in `seconds`, made as they are taken (any batch size, no queue up front).
             start_ts = time.time() - 86_400
             templates = [_template(i, batch) for i in range(agents)]
-            for n in range(per_agent):
-                for i, token in enumerate(tokens):
-                    work.put((token, templates[i], start_ts + n))
+            backlog = ((tokens[i], templates[i], start_ts + n) for n in itertools.count() for i in range(agents))
+            taking = threading.Lock()
             sent = [0] * workers
             errors: list[str] = []
             deadline = time.monotonic() + seconds
@@ -62,10 +60,8 @@ def run(database_url: str | None, agents: int, batch: int, seconds: float, worke
             def worker(slot: int) -> None:
                 with httpx.Client(base_url=srv.url, timeout=60) as client:
                     while time.monotonic() < deadline:
-                        try:
-                            token, template, ts = work.get_nowait()
-                        except queue.Empty:
-                            return
+                        with taking:
+                            token, template, ts = next(backlog)
                         response = client.post(METRICS_PATH, content=template % ts, headers={
                             "Authorization": f"Bearer {token}", "Content-Type": "application/json"})
                         if response.status_code >= 300:

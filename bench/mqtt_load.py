@@ -115,7 +115,8 @@ class Fleet:
         self.port = port
         self.rate = rate
         self.seed = seed
-        self.stats = {"connected": 0, "sent": 0, "acked": 0, "status_acked": 0, "errors": 0}
+        # `gave_up`: devices whose one connection attempt failed (this fleet does not retry)
+        self.stats = {"connected": 0, "sent": 0, "acked": 0, "status_acked": 0, "errors": 0, "gave_up": 0}
         self._stopping = asyncio.Event()
 
     async def run(self) -> None:
@@ -142,9 +143,11 @@ class Fleet:
                 connack = await asyncio.wait_for(link.connack, 30)
             except (OSError, ConnectionError, TimeoutError):
                 self.stats["errors"] += 1
+                self.stats["gave_up"] += 1
                 return None
             if connack[3] != 0:
                 self.stats["errors"] += 1
+                self.stats["gave_up"] += 1
                 link.transport.close()
                 return None
             status = _string(topics.topic(device.id, topics.STATUS))

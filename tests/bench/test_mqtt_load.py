@@ -38,13 +38,19 @@ def test_the_lean_fleet_publishes_acknowledged_telemetry_as_its_devices(tmp_path
         assert telemetry and all(set(t["values"]) == {"temperature", "humidity"} and t["ts"] > 0 for t in telemetry)
 
 
-def test_a_device_with_a_wrong_token_is_counted_as_an_error(tmp_path: Path) -> None:
+def test_a_device_with_a_wrong_token_is_counted_and_the_wait_ends_without_its_timeout(tmp_path: Path) -> None:
     with run_mosquitto(tmp_path) as broker:
         broker.add_user("lean0", "right")
+        broker.add_user("lean1", "right")
         time.sleep(0.5)
-        fleet = fleet_processes([SimDevice("lean0", "wrong")], broker.port, rate=1, seed=1, processes=1).start()
+        devices = [SimDevice("lean0", "wrong"), SimDevice("lean1", "right")]
+        fleet = fleet_processes(devices, broker.port, rate=1, seed=1, processes=2).start()
         try:
-            assert not fleet.wait_connected(timeout=5)
+            started = time.monotonic()
+            assert not fleet.wait_connected(timeout=120)
+            waited = time.monotonic() - started
         finally:
             fleet.stop()
-    assert fleet.snapshot()["errors"] == 1 and fleet.snapshot()["connected"] == 0
+    stats = fleet.snapshot()
+    assert (stats["errors"], stats["gave_up"], stats["connected"]) == (1, 1, 1)
+    assert waited < 120  # it returned once the refused device gave up, not at the timeout
