@@ -12,6 +12,7 @@ import pytest
 
 from controltower.client import ApiError
 from controltower.core.agents import register_agent
+from controltower.core.db import Database
 from controltower.core.events import recent
 from controltower.monitor import hosts
 from controltower.monitor.models import Host
@@ -56,6 +57,29 @@ def test_ingest_forces_the_host_label_and_counts(db, tmp_path):
     }
     with db.session() as session, pytest.raises(hosts.AgentGone):
         hosts.ingest_metrics(ctx, session, agent.id + 100, push)
+
+
+def test_agent_names_are_remembered_per_database(tmp_path):
+    """The same agent id in two databases is two agents: each push is counted on its own database's host."""
+    names = {}
+    contexts = []
+    for n in ("a", "b"):
+        db = Database(f"sqlite:///{tmp_path / n}.db")
+        db.migrate()
+        ctx = make_ctx(db, tmp_path / n)
+        with db.session() as session:
+            agent = register_agent(session, name=f"host-{n}", facts={}, labels=[], capacity=1, version=None)
+        names[n], _ = asyncio.run(hosts.receive_metrics(ctx, agent.id, METRICS_PUSH.validate_python(
+            _samples(time.time()))))
+        contexts.append((n, ctx, agent.id))
+    assert names == {"a": "host-a", "b": "host-b"}
+    for n, ctx, agent_id in contexts:  # again, now that both names are known
+        name, stored = asyncio.run(hosts.receive_metrics(ctx, agent_id, METRICS_PUSH.validate_python(
+            _samples(time.time() + 1))))
+        assert (name, stored) == (f"host-{n}", 4)
+        with ctx.db.session() as session:
+            assert [h.name for h, _ in hosts.read_hosts(session)] == [f"host-{n}"]
+        ctx.db.dispose()
 
 
 def test_liveness_marks_down_and_up_and_publishes(db, tmp_path):
