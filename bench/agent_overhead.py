@@ -81,7 +81,8 @@ def run(
                         "--data-dir",
                         str(data_dir),
                     ],
-                    env=_clean_env({"CT_DATA_DIR": str(data_dir), "CT_LOG_LEVEL": "warning"}),
+                    env=_clean_env({"CT_DATA_DIR": str(data_dir), "CT_LOG_LEVEL": "warning",
+                                    "CT_MQTT_PORT": str(free_port())}),  # 1883 may be a Mosquitto's
                     stdout=out,
                     stderr=subprocess.STDOUT,
                     cwd=workdir,

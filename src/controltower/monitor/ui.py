@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from html import escape
+
 from fastapi import Request
 from fastapi.responses import Response
 from nicegui import run, ui
@@ -17,33 +19,39 @@ from controltower.web.layout import frame
 REFRESH_S = 5.0
 
 
+_METRICS = (("cpu", "CPU"), ("memory", "Memory"), ("disk", "Disk"), ("net", "Network"))
+
+
 class _Card:
-    """One host's card; its labels and sparklines change in place on every refresh."""
+    """One host's card; its status and its metrics block change in place on every refresh. The four metric
+    rows are one HTML element: a fleet page of 500 cards builds 2,500 elements instead of 10,000."""
 
     def __init__(self, name: str) -> None:
         with ui.card().classes("w-72 max-sm:w-full").props(f"data-host={name}"):
             with ui.row().classes("w-full items-center justify-between no-wrap"):
                 ui.link(name, f"/monitor/hosts/{name}").classes("font-bold text-base truncate")
                 self.status = ui.badge("")
-            self.rows: dict[str, tuple[ui.label, ui.html]] = {}
-            for key, title in (("cpu", "CPU"), ("memory", "Memory"), ("disk", "Disk"), ("net", "Network")):
-                with ui.row().classes("w-full items-center justify-between no-wrap gap-2"):
-                    ui.label(title).classes("text-xs w-14")
-                    spark = ui.html("", sanitize=False).classes("text-primary")
-                    value = ui.label("-").classes("text-xs w-20 text-right").props(f"data-metric={key}")
-                self.rows[key] = (value, spark)
+            self.metrics = ui.html(_metric_rows({}, {}), sanitize=False).classes("w-full")
 
     def show(self, fleet: ui_data.FleetView, host: ui_data.HostPublic) -> None:
         self.status.set_text(host.status.upper())
         self.status.props(f"color={STATUS_COLORS.get(host.status, 'grey')}")
-        sparks = fleet.sparks.get(host.name, {})
         values = {"cpu": percent(host.cpu_percent), "memory": percent(host.memory_percent),
                   "disk": percent(host.disk_percent), "net": rate(fleet.net_now.get(host.name))}
-        for key, (label, spark) in self.rows.items():
-            label.set_text(values[key])
-            svg = sparkline(sparks.get(key, []), None if key == "net" else 100.0)
-            if spark.content != svg:
-                spark.set_content(svg)
+        rows = _metric_rows(values, fleet.sparks.get(host.name, {}))
+        if self.metrics.content != rows:
+            self.metrics.set_content(rows)
+
+
+def _metric_rows(values: dict[str, str], sparks: dict[str, list[float]]) -> str:
+    """CPU, memory, disk and network: title, sparkline and figure (`data-metric=<key>`) per row."""
+    return "".join(
+        '<div class="w-full flex items-center justify-between no-wrap gap-2 py-0.5">'
+        f'<span class="text-xs w-14">{title}</span>'
+        f'<span class="text-primary">{sparkline(sparks.get(key, []), None if key == "net" else 100.0)}</span>'
+        f'<span class="text-xs w-20 text-right" data-metric="{key}">{escape(values.get(key, "-"))}</span></div>'
+        for key, title in _METRICS
+    )
 
 
 def _fleet_page(ctx: Context) -> None:
