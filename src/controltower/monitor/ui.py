@@ -24,8 +24,8 @@ _METRICS = (("cpu", "CPU"), ("memory", "Memory"), ("disk", "Disk"), ("net", "Net
 
 class _Card:
     """One host's card: a single HTML element (its name, status and metric rows), replaced when it changes. A
-    fleet page of 500 cards builds 1,000 elements instead of the 10,000 that a row, label and sparkline element
-    each made, and the browser's layout time fell with them."""
+    fleet page of 500 cards builds 1,000 elements, where it built 10,000 when every row, label and sparkline
+    was an element of its own (docs/benchmarks.md: load 3.6 s -> 1.55 s)."""
 
     def __init__(self, name: str) -> None:
         self.name = name
