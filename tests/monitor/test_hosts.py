@@ -280,3 +280,19 @@ def test_repeated_pushes_of_the_same_series_are_stored_and_still_checked(server)
     assert [point[1] for point in cpu[0]["points"]] == [0.0, 1.0, 2.0, 3.0, 12.5]
     [row] = admin.get("monitor/hosts")
     assert row["samples_received"] == 4 * 5
+
+
+def test_a_push_larger_than_the_inline_limit_is_validated_aside_and_stored(server):
+    """Pushes of up to INLINE_SAMPLES are validated on the event loop, larger ones on a thread: same outcome."""
+    agent = enrol_agent(server.client(), "big1")
+    size = hosts.INLINE_SAMPLES + 1
+    samples = [{"name": "host.cpu.core.percent", "labels": {"core": str(i)}, "value": float(i % 100)}
+               for i in range(size)]
+    assert agent.post("monitor/hosts/metrics", {"ts": time.time(), "samples": samples}) == {
+        "host": "big1", "accepted": size}
+    samples[size - 1] = {**samples[size - 1], "name": "9bad"}
+    with pytest.raises(ApiError) as info:
+        agent.post("monitor/hosts/metrics", {"ts": time.time() + 1, "samples": samples})
+    assert info.value.status == 422 and info.value.detail.startswith(f"samples.{size - 1}.name")
+    [row] = server.client().get("monitor/hosts")
+    assert (row["name"], row["samples_received"]) == ("big1", size)  # the refused push stored nothing
