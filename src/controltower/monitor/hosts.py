@@ -20,7 +20,7 @@ from controltower.monitor import host_counts
 from controltower.monitor.models import Host
 from controltower.monitor.schemas import HostDetail, HostPublic, HostStatusChange, MetricsPush, MetricValue
 
-UP, DOWN, UNKNOWN = "up", "down", "unknown"
+UP, DOWN = "up", "down"
 HISTORY_LIMIT = 50
 FACT_SUMMARY_KEYS = (
     "hostname",
