@@ -30,7 +30,7 @@ class _Card:
     def __init__(self, name: str) -> None:
         self.name = name
         with ui.card().classes("w-72 max-sm:w-full").props(f"data-host={name}"):
-            self.body = ui.html(self._html("unknown", {}, {}), sanitize=False).classes("w-full")
+            self.body = ui.html("", sanitize=False).classes("w-full")  # filled by show(), in the same refresh
 
     def show(self, fleet: ui_data.FleetView, host: ui_data.HostPublic) -> None:
         values = {"cpu": percent(host.cpu_percent), "memory": percent(host.memory_percent),
